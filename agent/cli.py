@@ -1,0 +1,66 @@
+"""`edgefleet agent`: run the device agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.config import load_config, parse_labels
+
+
+class AgentExit(Exception):
+    """Ends the agent command with an exit code and a one-line message."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def agent(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Identity, models, telemetry spool")] = None,
+    join: Annotated[
+        str | None, typer.Option("--join", envvar="EDGEFLEET_JOIN", help="Join string from `edgefleet tokens create`")
+    ] = None,
+    device_id: Annotated[str | None, typer.Option("--device-id", help="Id to enroll as (default: host name)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="agent.toml")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Device labels reported with the facts: k=v,k2=v2")] = None,
+    heartbeat_seconds: Annotated[float | None, typer.Option("--heartbeat-seconds", help="Override the heartbeat interval")] = None,
+    simulate_facts: Annotated[
+        str | None, typer.Option("--simulate-facts", help='JSON object of facts to override, e.g. \'{"architecture": "aarch64"}\'')
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")] = "info",
+) -> None:
+    """Run the agent: join with --join on first start, then keep the session to the control plane.
+
+    Example: edgefleet agent --join efjoin1.… --data-dir /var/lib/edgefleet --device-id gw-001
+    """
+    from agent.daemon import run
+    from agent.errors import AgentConfigError, AgentError
+    from agent.session import SessionEnded
+    from protos.join import JoinStringError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = json.loads(simulate_facts) if simulate_facts else None
+    except json.JSONDecodeError as exc:
+        raise AgentExit(f"--simulate-facts is not valid JSON: {exc}", 2) from exc
+    try:
+        cfg = load_config(
+            config,
+            data_dir=data_dir,
+            labels=parse_labels(labels) if labels is not None else None,
+            heartbeat_interval_seconds=heartbeat_seconds,
+            fact_overrides=overrides,
+        )
+        asyncio.run(run(cfg, join=join, device_id=device_id))
+    except (AgentConfigError, JoinStringError) as exc:
+        raise AgentExit(str(exc), 2) from exc
+    except SessionEnded as exc:
+        raise AgentExit(str(exc), 3) from exc
+    except AgentError as exc:
+        raise AgentExit(str(exc), 2) from exc

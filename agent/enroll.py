@@ -1,0 +1,69 @@
+"""Joining a fleet: turn a join string into a stored device identity."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+
+from agent.channel import secure_channel, translate
+from agent.errors import EnrollmentError
+from agent.identity import Identity, fetch_pinned_ca, generate_key_and_csr, save_identity
+from protos.edgefleet.v1 import common_pb2, enrollment_pb2, enrollment_pb2_grpc
+from protos.join import JoinString
+from protos.limits import TLS_SERVER_NAME
+
+
+async def enroll(
+    join: JoinString,
+    *,
+    data_dir: Path,
+    device_id: str,
+    facts: common_pb2.DeviceFacts,
+    timeout_seconds: float = 15.0,
+) -> Identity:
+    """Enroll this device and store its identity in data_dir.
+
+    Raises EnrollmentError (the join was refused: do not retry with the same
+    join string), TransportError (the server could not be reached: retry), or
+    IdentityError (data_dir already holds an identity).
+    """
+    ca_pem = await asyncio.to_thread(fetch_pinned_ca, join.host, join.port, join.ca_sha256, timeout_seconds)
+    key_pem, csr_pem = generate_key_and_csr(device_id)
+    request = enrollment_pb2.EnrollRequest(
+        token_id=join.token_id, secret=join.secret, device_id=device_id, csr_pem=csr_pem, facts=facts
+    )
+    async with secure_channel(join.server, ca_pem=ca_pem, server_name=TLS_SERVER_NAME) as channel:
+        try:
+            response = await enrollment_pb2_grpc.EnrollmentStub(channel).Enroll(request, timeout=timeout_seconds)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, "enrollment refused") from exc
+    keys = [key.hex() for key in response.trusted_publisher_keys]
+    pinned = set(join.publisher_key_ids)
+    if pinned and {_key_id(k) for k in keys} != pinned:
+        raise EnrollmentError("the server sent publisher keys that differ from those pinned in the join string")
+    host_port = response.device_endpoint
+    if host_port.startswith(":"):
+        host_port = f"{join.server.rsplit(':', 1)[0]}{host_port}"
+    identity = Identity(
+        device_id=response.device_id,
+        fleet=response.fleet,
+        device_endpoint=host_port,
+        api_endpoint=join.server,
+        tls_server_name=response.tls_server_name or TLS_SERVER_NAME,
+        heartbeat_interval_seconds=response.heartbeat_interval_seconds or 10,
+        labels=dict(response.labels),
+        trusted_publisher_keys=keys,
+        key_pem=key_pem,
+        cert_pem=bytes(response.certificate_pem),
+        ca_pem=ca_pem,
+    )
+    save_identity(data_dir, identity)
+    return identity
+
+
+def _key_id(hex_key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(bytes.fromhex(hex_key)).hexdigest()

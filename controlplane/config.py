@@ -1,0 +1,42 @@
+"""The control plane's configuration: one frozen, typed object with units in the names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_API_PORT = 7443
+DEFAULT_DEVICE_PORT = 7444
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path
+    db_url: str = ""                       # empty = SQLite file in data_dir
+    listen_host: str = "0.0.0.0"
+    api_port: int = Field(DEFAULT_API_PORT, ge=0, le=65535)       # 0 = pick a free port
+    device_port: int = Field(DEFAULT_DEVICE_PORT, ge=0, le=65535)
+    advertise_host: str = ""               # host put in join strings; empty = this machine's name
+    extra_tls_names: tuple[str, ...] = ()
+    heartbeat_interval_seconds: int = Field(10, ge=1, le=3600)
+    missed_heartbeats_offline: int = Field(3, ge=2, le=100)
+    hello_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    last_seen_flush_seconds: float = Field(2.0, gt=0, le=60)
+    join_token_default_ttl_seconds: int = Field(3600, ge=60)
+    join_token_max_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+    shutdown_grace_seconds: float = Field(5.0, ge=0, le=120)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @property
+    def offline_after_seconds(self) -> int:
+        return self.heartbeat_interval_seconds * self.missed_heartbeats_offline
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'edgefleet.db'}"

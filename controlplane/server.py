@@ -1,0 +1,209 @@
+"""The control-plane process: two gRPC listeners over one store.
+
+- API port (server TLS): enrollment, the operator API, health, reflection.
+- Device port (mutual TLS, client certificate required): the agent gateway, health.
+
+First start creates, in the data dir: the CA (ca.crt, ca.key owner-only),
+an admin token (admin.token, owner-only) and cli.toml, which points the CLI
+at this server. Every start issues a fresh server certificate from the same
+CA, so pinned fingerprints stay valid. SIGTERM/SIGINT stop gracefully:
+sessions get Disconnect, in-flight calls get a grace period, last-seen times
+are flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.auth import new_operator_token, sha256_hex
+from controlplane.config import ServerConfig
+from controlplane.errors import DataDirError
+from controlplane.pki import load_or_create_ca, write_private
+from controlplane.presence import Presence
+from controlplane.services.admin import AdminService
+from controlplane.services.context import Services, utcnow
+from controlplane.services.enrollment import EnrollmentService
+from controlplane.services.gateway import GatewayService
+from controlplane.store import Store
+from protos.edgefleet.v1 import admin_pb2, agent_pb2, enrollment_pb2
+from protos.limits import MAX_ADMIN_MESSAGE_BYTES, MAX_SESSION_MESSAGE_BYTES
+
+log = logging.getLogger("edgefleet.server")
+
+ADMIN_TOKEN_FILE = "admin.token"
+CLI_CONFIG_FILE = "cli.toml"
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create data_dir (owner-only) and prove it is writable. Raises DataDirError."""
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = data_dir / ".write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DataDirError(f"data dir {data_dir} is not writable: {exc.strerror or exc}") from exc
+
+
+def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
+    """On first start, create the admin token and write it owner-only. Returns it, or None if one exists."""
+    if store.count_operator_tokens("admin") > 0:
+        return None
+    token = new_operator_token()
+    store.create_operator_token("admin", "admin", sha256_hex(token), utcnow())
+    write_private(data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode(), 0o600)
+    return token
+
+
+@dataclass
+class RunningServer:
+    """A started control plane; ``stop()`` shuts it down gracefully."""
+
+    services: Services
+    api_server: grpc.aio.Server
+    device_server: grpc.aio.Server
+    api_port: int
+    device_port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.services.config.shutdown_grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        for handle in self.services.presence.sessions():
+            handle.close("control plane shutting down")
+        await asyncio.gather(self.api_server.stop(grace), self.device_server.stop(grace))
+        await self.services.presence.stop()
+        now = self.services.clock()
+        for handle in self.services.presence.sessions():
+            if self.services.presence.release(handle):
+                await asyncio.to_thread(self.services.store.mark_disconnected, handle.device_id, now)
+        await asyncio.to_thread(self.services.store.close)
+
+
+def _tls_names(config: ServerConfig) -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1", socket.gethostname(), *config.extra_tls_names]
+    if config.advertise_host:
+        names.append(config.advertise_host)
+    return names
+
+
+async def start(config: ServerConfig) -> RunningServer:
+    """Start both listeners. Raises DataDirError or StoreUnavailable before listening if the set-up fails."""
+    prepare_data_dir(config.data_dir)
+    store = await asyncio.to_thread(Store.open, config.database_url)
+    try:
+        now = utcnow()
+        ca = load_or_create_ca(config.data_dir, now)
+        chain_pem, key_pem = ca.issue_server_certificate(_tls_names(config), now)
+        await asyncio.to_thread(ensure_admin_token, store, config.data_dir)
+    except OSError as exc:
+        store.close()
+        raise DataDirError(f"cannot write to data dir {config.data_dir}: {exc}") from exc
+    except BaseException:
+        store.close()
+        raise
+    presence = Presence(flush=store.touch_last_seen, flush_seconds=config.last_seen_flush_seconds)
+
+    api_server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", MAX_ADMIN_MESSAGE_BYTES)]
+    )
+    device_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_SESSION_MESSAGE_BYTES),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+    )
+    api_creds = grpc.ssl_server_credentials([(key_pem, chain_pem)])
+    device_creds = grpc.ssl_server_credentials(
+        [(key_pem, chain_pem)], root_certificates=ca.cert_pem, require_client_auth=True
+    )
+    try:
+        api_port = api_server.add_secure_port(f"{_host(config.listen_host)}:{config.api_port}", api_creds)
+        device_port = device_server.add_secure_port(
+            f"{_host(config.listen_host)}:{config.device_port}", device_creds
+        )
+    except RuntimeError as exc:
+        store.close()
+        raise DataDirError(
+            f"cannot listen on {config.listen_host} ports {config.api_port}/{config.device_port}: {exc}"
+        ) from exc
+
+    advertise = config.advertise_host or socket.gethostname()
+    services = Services(
+        config=config,
+        store=store,
+        ca=ca,
+        presence=presence,
+        api_address=f"{_host(advertise)}:{api_port}",
+        device_port=device_port,
+    )
+    enrollment_pb2.DESCRIPTOR  # noqa: B018 - descriptors must be loaded for reflection
+    from protos.edgefleet.v1 import admin_pb2_grpc, agent_pb2_grpc, enrollment_pb2_grpc
+
+    health_servicer = health.aio.HealthServicer()
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(services), api_server)
+    enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(services), api_server)
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(GatewayService(services), device_server)
+    for server in (api_server, device_server):
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    api_names = [
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        enrollment_pb2.DESCRIPTOR.services_by_name["Enrollment"].full_name,
+        agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(api_names, api_server)
+
+    await api_server.start()
+    await device_server.start()
+    presence.start()
+    for name in ("", *api_names[:3]):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _write_cli_config(config.data_dir, api_port)
+    log.info("control plane listening: api %s, devices %s, data %s", api_port, device_port, config.data_dir)
+    return RunningServer(services, api_server, device_server, api_port, device_port, health_servicer)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _write_cli_config(data_dir: Path, api_port: int) -> None:
+    text = (
+        "# Written by `edgefleet server` at every start: point the CLI here with\n"
+        f"#   export EDGEFLEET_CONFIG={data_dir / CLI_CONFIG_FILE}\n"
+        f'server = "127.0.0.1:{api_port}"\n'
+        f'token_file = "{data_dir / ADMIN_TOKEN_FILE}"\n'
+        f'ca_file = "{data_dir / "ca.crt"}"\n'
+    )
+    write_private(data_dir / CLI_CONFIG_FILE, text.encode(), 0o600)
+
+
+async def serve(config: ServerConfig, *, ready_file: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    running = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready_file is not None:
+        ready_file.write_text(f"{running.api_port} {running.device_port} {os.getpid()}\n")
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        with contextlib.suppress(Exception):
+            await running.stop()

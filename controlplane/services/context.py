@@ -1,0 +1,33 @@
+"""What every service needs: the store, the CA, the presence tracker, the config and a clock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.config import ServerConfig
+from controlplane.pki import CertificateAuthority
+from controlplane.presence import Presence
+from controlplane.store import Store
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    store: Store
+    ca: CertificateAuthority
+    presence: Presence
+    api_address: str                       # host:port put into join strings
+    device_port: int
+    clock: Callable[[], dt.datetime] = utcnow
+
+    async def db(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking store call in a worker thread."""
+        return await asyncio.to_thread(method, *args, **kwargs)

@@ -1,0 +1,79 @@
+"""Enrollment: a one-time join secret and a CSR become a device certificate.
+
+Invariants: a refused enrollment changes nothing (the token stays unused, no
+device row, no certificate recorded); a token is used at most once, enforced
+by the store's conditional update, so two racing devices cannot both join.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from controlplane.auth import secret_matches
+from controlplane.errors import AlreadyExistsError, InvalidRequest, Unauthenticated
+from controlplane.fleet import facts_to_dict, validate_facts
+from controlplane.grpc_errors import handle_errors
+from controlplane.services.context import Services
+from controlplane.store import errors as store_errors
+from protos.edgefleet.v1 import enrollment_pb2, enrollment_pb2_grpc
+from protos.limits import TLS_SERVER_NAME, check_name
+
+log = logging.getLogger("edgefleet.server.enrollment")
+
+
+class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    @handle_errors
+    async def Enroll(self, request, context: grpc.aio.ServicerContext):  # noqa: N802 - gRPC name
+        s = self.s
+        try:
+            check_name("device id", request.device_id)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        validate_facts(request.facts)
+        token = await s.db(s.store.get_join_token, request.token_id) if len(request.token_id) <= 64 else None
+        if token is None or not secret_matches(request.secret, token.secret_sha256):
+            raise Unauthenticated("join secret is wrong or unknown: ask the operator for a new join string")
+        now = s.clock()
+        if token.used_at is not None:
+            raise Unauthenticated("this join string was already used: ask the operator for a new one")
+        if token.expires_at <= now:
+            raise Unauthenticated(
+                f"this join string expired at {token.expires_at:%Y-%m-%d %H:%M:%S} UTC: "
+                "create a new one with `edgefleet tokens create`"
+            )
+        existing = await s.db(s.store.get_device, request.device_id)
+        if existing is not None:
+            raise AlreadyExistsError(f"device id {request.device_id!r} is taken: choose another --device-id")
+        cert_pem, serial, fingerprint = s.ca.sign_device_csr(bytes(request.csr_pem), request.device_id, now)
+        try:
+            await s.db(
+                s.store.enroll_device,
+                token_id=token.token_id,
+                device_id=request.device_id,
+                fleet=token.fleet,
+                labels=dict(token.labels),
+                certificate_sha256=fingerprint,
+                certificate_serial=serial,
+                facts=facts_to_dict(request.facts),
+                agent_version=request.facts.agent_version,
+                now=now,
+            )
+        except store_errors.Conflict as exc:
+            raise Unauthenticated("this join string was already used: ask the operator for a new one") from exc
+        log.info("enrolled device %s in fleet %s", request.device_id, token.fleet)
+        return enrollment_pb2.EnrollResponse(
+            device_id=request.device_id,
+            fleet=token.fleet,
+            certificate_pem=cert_pem,
+            ca_certificate_pem=s.ca.cert_pem,
+            device_endpoint=f":{s.device_port}",
+            tls_server_name=TLS_SERVER_NAME,
+            heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
+            labels=dict(token.labels),
+        )
+

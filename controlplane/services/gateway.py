@@ -1,0 +1,136 @@
+"""The device-facing service on the mutual-TLS port: the session stream.
+
+Invariants:
+- Identity comes from the verified client certificate; the certificate's
+  fingerprint must be the one recorded at enrollment and the device must not
+  be revoked, checked at every call.
+- A Hello that names another device, a first message that is not Hello, or
+  out-of-bounds facts end the stream with a specific status; nothing is stored.
+- A device has at most one current session; a newer one replaces the older.
+- A session that misses heartbeats for ``offline_after`` is closed by the
+  server, so half-open connections do not look online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from controlplane.auth import peer_certificate
+from controlplane.errors import InvalidRequest, PermissionDenied, Unauthenticated
+from controlplane.fleet import facts_to_dict, timestamp, validate_facts
+from controlplane.grpc_errors import status_for
+from controlplane.presence import SessionHandle
+from controlplane.services.context import Services
+from controlplane.store import errors as store_errors
+from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc
+from protos.limits import PROTOCOL_VERSION
+
+log = logging.getLogger("edgefleet.server.gateway")
+
+
+class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def authenticate(self, context: grpc.aio.ServicerContext):
+        """Return the device row of the caller. Raises Unauthenticated or PermissionDenied."""
+        common_name, fingerprint = peer_certificate(context.auth_context())
+        device = await self.s.db(self.s.store.get_device, common_name)
+        if device is None or device.certificate_sha256 != fingerprint:
+            raise Unauthenticated(f"certificate for {common_name!r} is not a current device certificate")
+        if device.revoked_at is not None:
+            raise PermissionDenied(f"device {common_name!r} was revoked; re-enroll it with a new join string")
+        return device
+
+    async def Session(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802
+        try:
+            await self._session(request_iterator, context)
+        except (Unauthenticated, PermissionDenied, InvalidRequest, store_errors.StoreError) as exc:
+            log.info("session refused: %s", exc)
+            await context.abort(status_for(exc), str(exc))
+
+    async def _session(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
+        s = self.s
+        device = await self.authenticate(context)
+        messages = request_iterator.__aiter__()
+        try:
+            first = await asyncio.wait_for(anext(messages), timeout=s.config.hello_timeout_seconds)
+        except TimeoutError as exc:
+            raise InvalidRequest("no Hello within the hello timeout") from exc
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("body") != "hello":
+            raise InvalidRequest("the first message of a session must be Hello")
+        hello = first.hello
+        if hello.device_id and hello.device_id != device.device_id:
+            raise PermissionDenied(
+                f"Hello names device {hello.device_id!r} but the certificate is {device.device_id!r}"
+            )
+        if len(hello.boot_id) > 64:
+            raise InvalidRequest("boot_id is longer than 64 characters")
+        handle = SessionHandle(device_id=device.device_id, boot_id=hello.boot_id)
+        now = s.clock()
+        await s.db(s.store.mark_connected, device.device_id, hello.boot_id, now)
+        s.presence.open(handle)
+        log.info("session open: %s boot %s", device.device_id, hello.boot_id)
+        welcome = agent_pb2.Welcome(
+            device_id=device.device_id,
+            fleet=device.fleet,
+            heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
+            protocol_version=PROTOCOL_VERSION,
+            server_time=timestamp(now),
+        )
+        await context.write(agent_pb2.ControlMessage(welcome=welcome))
+        reader = asyncio.ensure_future(self._read(device.device_id, messages, handle))
+        try:
+            await self._write(context, handle, reader)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if s.presence.release(handle):
+                await s.db(s.store.mark_disconnected, device.device_id, s.clock())
+            log.info("session closed: %s", device.device_id)
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            raise reader.exception()
+
+    async def _write(self, context, handle: SessionHandle, reader: asyncio.Task) -> None:
+        """Send queued control messages until the reader ends or the session is closed."""
+        while True:
+            get = asyncio.ensure_future(handle.outbox.get())
+            done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                return
+            message = get.result()
+            await context.write(message)
+            if message.WhichOneof("body") == "disconnect":
+                return
+
+    async def _read(self, device_id: str, messages, handle: SessionHandle) -> None:
+        s = self.s
+        timeout = float(s.config.offline_after_seconds)
+        while True:
+            try:
+                message = await asyncio.wait_for(anext(messages), timeout=timeout)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                log.info("session of %s missed heartbeats for %.0f s; closing", device_id, timeout)
+                return
+            now = s.clock()
+            s.presence.seen(device_id, now)
+            kind = message.WhichOneof("body")
+            if kind == "facts":
+                validate_facts(message.facts)
+                await s.db(
+                    s.store.update_facts, device_id, facts_to_dict(message.facts), message.facts.agent_version, now
+                )
+            elif kind == "hello":
+                raise InvalidRequest("Hello may only be sent once per session")
+            # heartbeat: seen() above is all it takes. Status, job results and
+            # telemetry are handled by the reconciler and telemetry services.

@@ -1,0 +1,79 @@
+"""The `edgefleet` command: operator commands, `server` and `agent` in one tool.
+
+Errors are one line on stderr and a non-zero exit; `--debug` (anywhere on
+the command line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from agent.cli import AgentExit, agent
+from controlplane.cli import devices, operators, tokens
+from controlplane.cli.errors import CliError
+from controlplane.cli.server_cmd import server
+
+app = typer.Typer(
+    name="edgefleet",
+    help="Run ML models on fleets of edge devices: control plane, agent and operator commands.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+app.add_typer(devices.app, name="devices")
+app.add_typer(tokens.app, name="tokens")
+app.add_typer(operators.app, name="operators")
+app.command("server")(server)
+app.command("agent")(agent)
+
+
+@app.callback()
+def root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors")) -> None:
+    """edgefleet: measured model builds for every device class."""
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (used by main and by tests)."""
+    import grpc
+
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        # Standalone mode prints usage errors itself and ends with SystemExit.
+        app(args=argv, prog_name="edgefleet")
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _fail(str(exc.code), 1))
+    except CliError as exc:
+        if debug:
+            raise
+        return _fail(str(exc), 2)
+    except AgentExit as exc:
+        if debug:
+            raise
+        return _fail(str(exc), exc.code)
+    except grpc.RpcError as exc:
+        if debug:
+            raise
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            details = f"control plane unreachable ({details})"
+        return _fail(f"{details} [{code.name if code else 'UNKNOWN'}]", 1)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for a CLI
+        if debug:
+            raise
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 70)
+
+
+def main() -> None:
+    sys.exit(run())
