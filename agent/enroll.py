@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 
 from agent.channel import secure_channel, translate
-from agent.errors import EnrollmentError
+from agent.errors import AgentConfigError, EnrollmentError
 from agent.identity import Identity, fetch_pinned_ca, generate_key_and_csr, save_identity
 from protos.edgefleet.v1 import common_pb2, enrollment_pb2, enrollment_pb2_grpc
 from protos.join import JoinString
-from protos.limits import TLS_SERVER_NAME
+from protos.limits import TLS_SERVER_NAME, check_name
 
 
 async def enroll(
@@ -25,10 +25,14 @@ async def enroll(
 ) -> Identity:
     """Enroll this device and store its identity in data_dir.
 
-    Raises EnrollmentError (the join was refused: do not retry with the same
-    join string), TransportError (the server could not be reached: retry), or
+    Raises AgentConfigError (invalid device id), EnrollmentError (the join was
+    refused: do not retry with the same join string), TransportError (the server could not be reached: retry), or
     IdentityError (data_dir already holds an identity).
     """
+    try:
+        check_name("device id", device_id)
+    except ValueError as exc:
+        raise AgentConfigError(str(exc)) from exc
     ca_pem = await asyncio.to_thread(fetch_pinned_ca, join.host, join.port, join.ca_sha256, timeout_seconds)
     key_pem, csr_pem = generate_key_and_csr(device_id)
     request = enrollment_pb2.EnrollRequest(

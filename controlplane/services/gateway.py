@@ -102,9 +102,14 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
         """Send queued control messages until the reader ends or the session is closed."""
         while True:
             get = asyncio.ensure_future(handle.outbox.get())
-            done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                get.cancel()
+            try:
+                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not get.done():
+                    get.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await get
+            if get.cancelled():
                 return
             message = get.result()
             await context.write(message)
