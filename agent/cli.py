@@ -28,10 +28,15 @@ def agent(
     ] = None,
     device_id: Annotated[str | None, typer.Option("--device-id", help="Id to enroll as (default: host name)")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="agent.toml")] = None,
-    labels: Annotated[str | None, typer.Option("--labels", help="Device labels reported with the facts: k=v,k2=v2")] = None,
-    heartbeat_seconds: Annotated[float | None, typer.Option("--heartbeat-seconds", help="Override the heartbeat interval")] = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="Device labels reported with the facts: k=v,k2=v2")
+    ] = None,
+    heartbeat_seconds: Annotated[
+        float | None, typer.Option("--heartbeat-seconds", help="Override the heartbeat interval")
+    ] = None,
     simulate_facts: Annotated[
-        str | None, typer.Option("--simulate-facts", help='JSON object of facts to override, e.g. \'{"architecture": "aarch64"}\'')
+        str | None,
+        typer.Option("--simulate-facts", help='JSON object of facts to override, e.g. \'{"architecture": "aarch64"}\''),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")] = "info",
 ) -> None:

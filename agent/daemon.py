@@ -15,7 +15,7 @@ from agent.enroll import enroll
 from agent.errors import IdentityError
 from agent.facts import collect_facts
 from agent.identity import Identity, identity_dir, load_identity
-from agent.session import Session, SessionEnded
+from agent.session import Session
 from protos.join import parse_join_string
 
 log = logging.getLogger("edgefleet.agent")
@@ -44,8 +44,7 @@ async def ensure_identity(config: AgentConfig, join: str | None, device_id: str 
         return identity
     if not join:
         raise IdentityError(
-            f"{config.data_dir} holds no identity: join first with --join JOIN_STRING "
-            "(from `edgefleet tokens create`)"
+            f"{config.data_dir} holds no identity: join first with --join JOIN_STRING (from `edgefleet tokens create`)"
         )
     parsed = parse_join_string(join)
     facts = await asyncio.to_thread(facts_provider(config))
@@ -84,4 +83,3 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, session.stop)
     await session.run()
-

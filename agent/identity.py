@@ -88,10 +88,13 @@ def fetch_pinned_ca(host: str, port: int, ca_sha256: str, timeout_seconds: float
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
     try:
-        with socket.create_connection((host, port), timeout=timeout_seconds) as raw:
-            with context.wrap_socket(raw, server_hostname=host) as tls:
-                getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain
-                chain = [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in getter() or []]
+        with (
+            socket.create_connection((host, port), timeout=timeout_seconds) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            # Public from Python 3.13; the same method on the private object before.
+            getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain
+            chain = [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in getter() or []]
     except (OSError, ssl.SSLError) as exc:
         raise TransportError(f"cannot reach the control plane at {host}:{port}: {exc}") from exc
     presented = []

@@ -14,11 +14,11 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     data_dir: Path
-    db_url: str = ""                       # empty = SQLite file in data_dir
+    db_url: str = ""  # empty = SQLite file in data_dir
     listen_host: str = "0.0.0.0"
-    api_port: int = Field(DEFAULT_API_PORT, ge=0, le=65535)       # 0 = pick a free port
+    api_port: int = Field(DEFAULT_API_PORT, ge=0, le=65535)  # 0 = pick a free port
     device_port: int = Field(DEFAULT_DEVICE_PORT, ge=0, le=65535)
-    advertise_host: str = ""               # host put in join strings; empty = this machine's name
+    advertise_host: str = ""  # host put in join strings; empty = this machine's name
     extra_tls_names: tuple[str, ...] = ()
     heartbeat_interval_seconds: int = Field(10, ge=1, le=3600)
     missed_heartbeats_offline: int = Field(3, ge=2, le=100)

@@ -54,9 +54,7 @@ def facts_from_dict(data: dict | None) -> common_pb2.DeviceFacts:
     return facts
 
 
-def is_online(
-    *, connected: bool, last_seen: dt.datetime | None, now: dt.datetime, offline_after: dt.timedelta
-) -> bool:
+def is_online(*, connected: bool, last_seen: dt.datetime | None, now: dt.datetime, offline_after: dt.timedelta) -> bool:
     return connected and last_seen is not None and now - last_seen <= offline_after
 
 

@@ -115,9 +115,7 @@ async def start(config: ServerConfig) -> RunningServer:
         raise
     presence = Presence(flush=store.touch_last_seen, flush_seconds=config.last_seen_flush_seconds)
 
-    api_server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", MAX_ADMIN_MESSAGE_BYTES)]
-    )
+    api_server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_ADMIN_MESSAGE_BYTES)])
     device_server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_SESSION_MESSAGE_BYTES),
@@ -131,9 +129,7 @@ async def start(config: ServerConfig) -> RunningServer:
     )
     try:
         api_port = api_server.add_secure_port(f"{_host(config.listen_host)}:{config.api_port}", api_creds)
-        device_port = device_server.add_secure_port(
-            f"{_host(config.listen_host)}:{config.device_port}", device_creds
-        )
+        device_port = device_server.add_secure_port(f"{_host(config.listen_host)}:{config.device_port}", device_creds)
     except RuntimeError as exc:
         store.close()
         raise DataDirError(

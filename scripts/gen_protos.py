@@ -26,9 +26,8 @@ _IMPORT = re.compile(r"^from edgefleet\.v1 import ", re.MULTILINE)
 
 def generate(out_dir: Path) -> dict[str, str]:
     """Run protoc into out_dir and return {file name: rewritten text}."""
-    from grpc_tools import protoc  # dev dependency only
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency only
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_DIR.glob("*.proto"))

@@ -76,8 +76,11 @@ def show(
         ["device", d.device_id],
         ["fleet", d.fleet],
         ["state", state],
-        ["last seen", f"{output.local_time(d.last_seen, d.HasField('last_seen'))} "
-                      f"({output.ago(d.last_seen, d.HasField('last_seen'))})"],
+        [
+            "last seen",
+            f"{output.local_time(d.last_seen, d.HasField('last_seen'))} "
+            f"({output.ago(d.last_seen, d.HasField('last_seen'))})",
+        ],
         ["enrolled", output.local_time(d.enrolled_at, d.HasField("enrolled_at"))],
         ["revoked", output.local_time(d.revoked_at, d.HasField("revoked_at"))],
         ["labels", ", ".join(f"{k}={v}" for k, v in sorted(d.labels.items())) or "-"],
@@ -96,8 +99,24 @@ def show(
     output.stdout().print(output.table(f"device {d.device_id}", ["FIELD", "VALUE"], rows))
 
 
-_ML_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "f16c", "fma", "neon", "asimd",
-             "asimddp", "i8mm", "bf16", "fp16", "sve", "amx_int8", "amx_bf16"}
+_ML_FLAGS = {
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "f16c",
+    "fma",
+    "neon",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "fp16",
+    "sve",
+    "amx_int8",
+    "amx_bf16",
+}
 
 
 @app.command("revoke")
@@ -115,7 +134,8 @@ def revoke(
     """
     with admin(resolve(server, token, ca)) as (stub, meta):
         d = stub.RevokeDevice(
-            admin_pb2.RevokeDeviceRequest(device_id=device_id, reason=reason), metadata=meta,
+            admin_pb2.RevokeDeviceRequest(device_id=device_id, reason=reason),
+            metadata=meta,
             timeout=RPC_TIMEOUT_SECONDS,
         )
     if json:

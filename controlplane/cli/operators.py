@@ -12,8 +12,9 @@ from controlplane.cli.errors import CliError
 from controlplane.cli.options import CaOpt, JsonOpt, ServerOpt, TokenOpt
 from protos.edgefleet.v1 import admin_pb2
 
-app = typer.Typer(help="Operator tokens: viewer reads, operator changes the fleet, admin manages tokens.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Operator tokens: viewer reads, operator changes the fleet, admin manages tokens.", no_args_is_help=True
+)
 
 _ROLES = {"viewer": admin_pb2.VIEWER, "operator": admin_pb2.OPERATOR, "admin": admin_pb2.ADMIN}
 
@@ -35,7 +36,8 @@ def create(
         raise CliError(f"role {role!r} is unknown: use viewer, operator or admin")
     with admin(resolve(server, token, ca)) as (stub, meta):
         response = stub.CreateOperatorToken(
-            admin_pb2.CreateOperatorTokenRequest(name=name, role=_ROLES[role]), metadata=meta,
+            admin_pb2.CreateOperatorTokenRequest(name=name, role=_ROLES[role]),
+            metadata=meta,
             timeout=RPC_TIMEOUT_SECONDS,
         )
     if json:
@@ -52,14 +54,19 @@ def list_tokens(json: JsonOpt = False, server: ServerOpt = None, token: TokenOpt
     Example: edgefleet operators list --json
     """
     with admin(resolve(server, token, ca)) as (stub, meta):
-        response = stub.ListOperatorTokens(admin_pb2.ListOperatorTokensRequest(), metadata=meta,
-                                           timeout=RPC_TIMEOUT_SECONDS)
+        response = stub.ListOperatorTokens(
+            admin_pb2.ListOperatorTokensRequest(), metadata=meta, timeout=RPC_TIMEOUT_SECONDS
+        )
     if json:
         output.emit_json([output.message_dict(t) for t in response.tokens])
         return
     rows = [
-        [t.name, admin_pb2.Role.Name(t.role).lower(), output.local_time(t.created_at),
-         output.local_time(t.revoked_at, t.HasField("revoked_at"))]
+        [
+            t.name,
+            admin_pb2.Role.Name(t.role).lower(),
+            output.local_time(t.created_at),
+            output.local_time(t.revoked_at, t.HasField("revoked_at")),
+        ]
         for t in response.tokens
     ]
     output.stdout().print(output.table(None, ["NAME", "ROLE", "CREATED", "REVOKED"], rows))
@@ -77,6 +84,7 @@ def revoke(
     Example: edgefleet operators revoke alice
     """
     with admin(resolve(server, token, ca)) as (stub, meta):
-        stub.RevokeOperatorToken(admin_pb2.RevokeOperatorTokenRequest(name=name), metadata=meta,
-                                 timeout=RPC_TIMEOUT_SECONDS)
+        stub.RevokeOperatorToken(
+            admin_pb2.RevokeOperatorTokenRequest(name=name), metadata=meta, timeout=RPC_TIMEOUT_SECONDS
+        )
     output.stderr().print(f"revoked operator token {name}")

@@ -25,7 +25,9 @@ def server(
     advertise: Annotated[str, typer.Option("--advertise", help="Host name devices use to reach this server")] = "",
     tls_name: Annotated[list[str] | None, typer.Option("--tls-name", help="Extra name for the certificate")] = None,
     heartbeat_seconds: Annotated[int, typer.Option("--heartbeat-seconds", help="Agent heartbeat interval")] = 10,
-    ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Write 'API_PORT DEVICE_PORT PID' here when ready")] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option("--ready-file", help="Write 'API_PORT DEVICE_PORT PID' here when ready")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")] = "info",
 ) -> None:
     """Run the control plane (embedded SQLite by default; PostgreSQL with --db).
@@ -42,8 +44,14 @@ def server(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = ServerConfig(
-            data_dir=data_dir, db_url=db, listen_host=listen, api_port=api_port, device_port=device_port,
-            advertise_host=advertise, extra_tls_names=tuple(tls_name or ()), heartbeat_interval_seconds=heartbeat_seconds,
+            data_dir=data_dir,
+            db_url=db,
+            listen_host=listen,
+            api_port=api_port,
+            device_port=device_port,
+            advertise_host=advertise,
+            extra_tls_names=tuple(tls_name or ()),
+            heartbeat_interval_seconds=heartbeat_seconds,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -100,7 +100,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise InvalidRequest("role must be viewer, operator or admin")
         token = new_operator_token()
         row = await self.s.db(
-            self.s.store.create_operator_token, request.name, Role(request.role).name.lower(), sha256_hex(token),
+            self.s.store.create_operator_token,
+            request.name,
+            Role(request.role).name.lower(),
+            sha256_hex(token),
             self.s.clock(),
         )
         return admin_pb2.CreateOperatorTokenResponse(token=token, info=_token_info(row))

@@ -24,7 +24,7 @@ class Services:
     store: Store
     ca: CertificateAuthority
     presence: Presence
-    api_address: str                       # host:port put into join strings
+    api_address: str  # host:port put into join strings
     device_port: int
     clock: Callable[[], dt.datetime] = utcnow
 

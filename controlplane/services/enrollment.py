@@ -76,4 +76,3 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
             heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
             labels=dict(token.labels),
         )
-

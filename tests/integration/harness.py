@@ -102,10 +102,20 @@ class ServerThread:
     def stop(self) -> None:
         try:
             self.call(self.running.stop(grace=1.0))
+            self.call(_cancel_leftover_tasks())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+
+async def _cancel_leftover_tasks() -> None:
+    """Cancel what the gRPC runtime left pending so that closing the loop destroys no live task."""
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks, timeout=5) if tasks else None
 
 
 class AgentProcess:
@@ -120,7 +130,9 @@ class AgentProcess:
         command += list(args)
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.log = self.log_path.open("ab")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy()
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
