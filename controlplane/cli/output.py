@@ -14,12 +14,16 @@ from rich.console import Console
 from rich.table import Table
 
 
+# Piped output is not squeezed into 80 columns: tables stay one row per device.
+_PIPE_WIDTH = 200
+
+
 def stdout() -> Console:
-    return Console(soft_wrap=True)
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, soft_wrap=True)
+    return Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 
 def emit_json(value: Any) -> None:

@@ -1,0 +1,41 @@
+# edgefleet — the two commands: `make demo` (run the main job) and `make test` (pass the tests).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: venv test test-fast lint protos demo demo-stop bench-session clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[agent,server,cli,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv          ## set up and run the whole suite (needs PostgreSQL at 127.0.0.1:5432)
+	$(PY) -m pytest
+
+test-fast: venv     ## pure-logic tests only
+	$(PY) -m pytest tests/unit tests/agent
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+protos: venv        ## regenerate protos/edgefleet/v1/*_pb2*.py from the .proto files
+	$(PY) scripts/gen_protos.py
+
+demo: venv          ## control plane + one agent in the background on embedded defaults
+	bash scripts/demo.sh start
+
+demo-stop:
+	bash scripts/demo.sh stop
+
+bench-session: venv ## 200 agents heartbeating for 60 s against one control plane
+	$(PY) scripts/bench/session.py
+
+clean: demo-stop
+	rm -rf .edgefleet

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The main job on embedded defaults: a control plane (SQLite, local files) and one agent, in the
+# background, then the fleet as the operator sees it. `scripts/demo.sh stop` ends both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DEMO=${EDGEFLEET_DEMO_DIR:-$ROOT/.edgefleet/demo}
+EF="$ROOT/.venv/bin/edgefleet"
+SERVER_DIR=$DEMO/server
+AGENT_DIR=$DEMO/agent-1
+API_PORT=${EDGEFLEET_DEMO_API_PORT:-7443}
+DEVICE_PORT=${EDGEFLEET_DEMO_DEVICE_PORT:-7444}
+
+stop_pid() {
+  local file=$1
+  [ -f "$file" ] || return 0
+  local pid
+  pid=$(cat "$file")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  fi
+  rm -f "$file"
+}
+
+stop() {
+  stop_pid "$DEMO/agent-1.pid"
+  stop_pid "$DEMO/server.pid"
+  echo "demo stopped (state kept in $DEMO; remove it for a fresh start)"
+}
+
+wait_until() {
+  local what=$1; shift
+  for _ in $(seq 1 150); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  echo "demo: timed out waiting for $what; see the logs in $DEMO" >&2
+  exit 1
+}
+
+start() {
+  mkdir -p "$DEMO"
+  stop_pid "$DEMO/agent-1.pid"
+  stop_pid "$DEMO/server.pid"
+  rm -f "$DEMO/ready"
+  "$EF" server --data-dir "$SERVER_DIR" --listen 127.0.0.1 --advertise 127.0.0.1 \
+    --api-port "$API_PORT" --device-port "$DEVICE_PORT" --ready-file "$DEMO/ready" \
+    >>"$DEMO/server.log" 2>&1 &
+  echo $! >"$DEMO/server.pid"
+  wait_until "the control plane" test -s "$DEMO/ready"
+  export EDGEFLEET_CONFIG=$SERVER_DIR/cli.toml
+
+  local join=""
+  if [ ! -d "$AGENT_DIR/identity" ]; then
+    join=$("$EF" tokens create --fleet demo --labels site=lab --ttl 15m 2>/dev/null)
+  fi
+  "$EF" agent --data-dir "$AGENT_DIR" --device-id demo-gw-1 ${join:+--join "$join"} \
+    >>"$DEMO/agent-1.log" 2>&1 &
+  echo $! >"$DEMO/agent-1.pid"
+  wait_until "the agent to come online" sh -c "'$EF' devices list --json | grep -q '\"online\": true'"
+
+  "$EF" devices list
+  cat <<TXT
+
+The control plane and one agent are running in the background (logs in $DEMO).
+Explore:
+  export EDGEFLEET_CONFIG=$SERVER_DIR/cli.toml
+  $EF devices list
+  $EF devices show demo-gw-1
+  $EF tokens create --fleet demo          # join another device
+  $EF devices revoke demo-gw-1
+Stop: make demo-stop
+TXT
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
