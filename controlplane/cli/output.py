@@ -13,7 +13,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
-
 # Piped output is not squeezed into 80 columns: tables stay one row per device.
 _PIPE_WIDTH = 200
 
