@@ -174,10 +174,14 @@ class Session:
         yield agent_pb2.AgentMessage(facts=facts)
         loop = asyncio.get_running_loop()
         next_facts = loop.time() + FACTS_REFRESH_SECONDS
+        # Heartbeats keep a fixed cadence (not "interval after the last one"), so
+        # a slow send does not stretch the gap the server measures.
+        next_beat = loop.time()
         sequence = 0
         while not self._stop.is_set():
+            next_beat = max(next_beat + self._interval, loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self._interval)
+                await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, next_beat - loop.time()))
             if self._stop.is_set():
                 return
             if loop.time() >= next_facts:
