@@ -1,0 +1,83 @@
+"""The rows the store hands out: small frozen copies of what a transaction read.
+
+Invariants:
+- A row is plain data, detached from any session or connection: nothing loads lazily
+  and nothing reaches the database once the store method has returned.
+- Every timestamp is an aware UTC ``datetime``.
+- Field names are the column names of the matching table in ``schema.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+OPERATOR_ROLES: frozenset[str] = frozenset({"viewer", "operator", "admin"})
+
+
+@dataclass(frozen=True)
+class OperatorTokenRow:
+    """An operator token as stored; the token itself is never kept, only its SHA-256 (hex)."""
+
+    name: str
+    role: str
+    token_sha256: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True)
+class JoinTokenRow:
+    """A single-use join token; ``used_at``/``used_by_device`` are set by the enrollment that used it."""
+
+    token_id: str
+    fleet: str
+    secret_sha256: str
+    labels: dict[str, str]
+    publisher_key_ids: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None
+    used_by_device: str | None
+
+    @property
+    def used(self) -> bool:
+        return self.used_at is not None
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """An enrolled device as stored, including its last reported facts and connection history."""
+
+    device_id: str
+    fleet: str
+    labels: dict[str, str]
+    certificate_sha256: str
+    certificate_serial: str
+    enrolled_at: datetime
+    revoked_at: datetime | None
+    revoke_reason: str | None
+    facts: dict[str, Any] | None
+    facts_updated_at: datetime | None
+    agent_version: str | None
+    boot_id: str | None
+    last_seen: datetime | None
+    connected_at: datetime | None
+    disconnected_at: datetime | None
+    desired_generation: int
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the latest session event is a connect: a disconnect at the same instant wins."""
+        if self.connected_at is None:
+            return False
+        return self.disconnected_at is None or self.connected_at > self.disconnected_at

@@ -1,0 +1,133 @@
+"""The control plane's tables, as SQLAlchemy 2 declarative models.
+
+These models describe the schema that the alembic revisions create; they are used to
+build SQL, never handed out of the store (callers get the frozen rows in ``store.py``).
+
+Invariants:
+- Every timestamp is a timezone-aware UTC ``datetime`` on the way in and on the way out
+  (``UTCDateTime``), whatever the backend keeps; a naive datetime is rejected.
+- Constraint and index names come from ``NAMING_CONVENTION`` so that the revisions, which
+  name them explicitly, and the models agree on every backend (batch mode on SQLite needs
+  names to alter a table).
+- A change here needs a new revision under ``migrations/versions``; a test compares the
+  migrated database with these models.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, MetaData, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back as an aware UTC ``datetime``.
+
+    PostgreSQL keeps the offset (``timestamptz``); SQLite keeps a naive text value, so the
+    value is converted to UTC and stripped on the way in and marked UTC on the way out.
+
+    Raises:
+        ValueError: when bound to a naive datetime (wrapped by SQLAlchemy in a
+            ``StatementError``; the store checks its arguments before this can happen).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored; pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            # SQLite's DATETIME text has no offset; all stored values are UTC, so text order is time order.
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the store's models; its metadata is the migrations' target."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class OperatorToken(Base):
+    """A bearer token for a person or script using the admin API; only its SHA-256 is kept."""
+
+    __tablename__ = "operator_tokens"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    role: Mapped[str] = mapped_column(String, nullable=False)
+    token_sha256: Mapped[str] = mapped_column(String, nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class JoinToken(Base):
+    """A single-use token that lets one device enroll into a fleet; only the secret's SHA-256 is kept."""
+
+    __tablename__ = "join_tokens"
+
+    token_id: Mapped[str] = mapped_column(String, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String, nullable=False)
+    secret_sha256: Mapped[str] = mapped_column(String, nullable=False)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False)
+    publisher_key_ids: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Not a foreign key: the token row is an audit record of who used it, written in the
+    # same transaction as the device row.
+    used_by_device: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
+class Device(Base):
+    """An enrolled device: its identity, what it last reported and its connection history."""
+
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(String, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String, nullable=False, index=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False)
+    certificate_sha256: Mapped[str] = mapped_column(String, nullable=False)
+    certificate_serial: Mapped[str] = mapped_column(String, nullable=False)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    facts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    facts_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String, nullable=True)
+    boot_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    desired_generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+
+
+class Setting(Base):
+    """A server-wide key/value pair (e.g. when the server first started)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
