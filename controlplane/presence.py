@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from protos.edgefleet.v1 import agent_pb2
@@ -39,8 +40,15 @@ class SessionHandle:
 
 
 class Presence:
-    def __init__(self, *, flush: Callable[[dict[str, dt.datetime]], None], flush_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        flush: Callable[[dict[str, dt.datetime]], None],
+        flush_seconds: float,
+        executor: Executor | None = None,
+    ) -> None:
         self._flush_to_store = flush
+        self._executor = executor
         self._flush_seconds = flush_seconds
         self._sessions: dict[str, SessionHandle] = {}
         self._pending: dict[str, dt.datetime] = {}
@@ -91,7 +99,7 @@ class Presence:
             return
         batch, self._pending = self._pending, {}
         try:
-            await asyncio.to_thread(self._flush_to_store, batch)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._flush_to_store, batch)
         except Exception:
             log.exception("could not store last-seen times; keeping them for the next flush")
             for device_id, seen in batch.items():

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ log = logging.getLogger("edgefleet.server")
 
 ADMIN_TOKEN_FILE = "admin.token"
 CLI_CONFIG_FILE = "cli.toml"
+STORE_THREADS = 8
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -87,7 +89,9 @@ class RunningServer:
         now = self.services.clock()
         for handle in self.services.presence.sessions():
             if self.services.presence.release(handle):
-                await asyncio.to_thread(self.services.store.mark_disconnected, handle.device_id, now)
+                await self.services.db(self.services.store.mark_disconnected, handle.device_id, now)
+        # Calls whose handlers were cancelled may still run: let them finish before closing the store.
+        await asyncio.to_thread(self.services.executor.shutdown, wait=True)
         await asyncio.to_thread(self.services.store.close)
 
 
@@ -113,7 +117,8 @@ async def start(config: ServerConfig) -> RunningServer:
     except BaseException:
         store.close()
         raise
-    presence = Presence(flush=store.touch_last_seen, flush_seconds=config.last_seen_flush_seconds)
+    executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
+    presence = Presence(flush=store.touch_last_seen, flush_seconds=config.last_seen_flush_seconds, executor=executor)
 
     api_server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_ADMIN_MESSAGE_BYTES)])
     device_server = grpc.aio.server(
@@ -144,6 +149,7 @@ async def start(config: ServerConfig) -> RunningServer:
         presence=presence,
         api_address=f"{_host(advertise)}:{api_port}",
         device_port=device_port,
+        executor=executor,
     )
     enrollment_pb2.DESCRIPTOR  # noqa: B018 - descriptors must be loaded for reflection
     from protos.edgefleet.v1 import admin_pb2_grpc, agent_pb2_grpc, enrollment_pb2_grpc

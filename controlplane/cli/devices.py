@@ -26,12 +26,21 @@ def list_devices(
 
     Example: edgefleet devices list --fleet lab --json
     """
+    devices: list[admin_pb2.Device] = []
     with admin(resolve(server, token, ca)) as (stub, meta):
-        response = stub.ListDevices(
-            admin_pb2.ListDevicesRequest(fleet=fleet or ""), metadata=meta, timeout=RPC_TIMEOUT_SECONDS
-        )
+        page_token = ""
+        while True:
+            response = stub.ListDevices(
+                admin_pb2.ListDevicesRequest(fleet=fleet or "", page_token=page_token),
+                metadata=meta,
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
+            devices.extend(response.devices)
+            page_token = response.next_page_token
+            if not page_token:
+                break
     if json:
-        output.emit_json([output.message_dict(d) for d in response.devices])
+        output.emit_json([output.message_dict(d) for d in devices])
         return
     rows = [
         [
@@ -45,7 +54,7 @@ def list_devices(
             output.gib(d.facts.memory_total_bytes),
             d.facts.onnxruntime_version or "-",
         ]
-        for d in response.devices
+        for d in devices
     ]
     columns = ["DEVICE", "FLEET", "STATE", "LAST SEEN", "CLASS", "ARCH", "CORES", "RAM", "ONNXRUNTIME"]
     output.stdout().print(output.table(None, columns, rows))

@@ -26,6 +26,8 @@ from protos.limits import check_labels, check_name
 log = logging.getLogger("edgefleet.server.admin")
 
 SERVER_VERSION = "0.1.0"
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 5000
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -127,10 +129,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     @handle_errors
     async def ListDevices(self, request, context):  # noqa: N802
         await self.caller(context, Role.VIEWER, "listing devices")
-        rows = await self.s.db(self.s.store.list_devices, request.fleet or None)
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if page_size > MAX_PAGE_SIZE:
+            raise InvalidRequest(f"page_size must be at most {MAX_PAGE_SIZE}")
+        if request.page_token and len(request.page_token) > 64:
+            raise InvalidRequest("page_token is malformed")
+        rows = await self.s.db(
+            self.s.store.list_devices, request.fleet or None, after=request.page_token or None, limit=page_size + 1
+        )
+        more = len(rows) > page_size
+        rows = rows[:page_size]
         selector = dict(request.label_selector)
-        rows = [r for r in rows if all((r.labels or {}).get(k) == v for k, v in selector.items())]
-        return admin_pb2.ListDevicesResponse(devices=[self._device(r) for r in rows])
+        matching = [r for r in rows if all((r.labels or {}).get(k) == v for k, v in selector.items())]
+        return admin_pb2.ListDevicesResponse(
+            devices=[self._device(r) for r in matching], next_page_token=rows[-1].device_id if more else ""
+        )
 
     @handle_errors
     async def GetDevice(self, request, context):  # noqa: N802

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +28,13 @@ class Services:
     presence: Presence
     api_address: str  # host:port put into join strings
     device_port: int
+    # Store calls run here, not in asyncio's default pool, so that shutdown can wait for
+    # calls whose callers were cancelled before it closes the store.
+    executor: ThreadPoolExecutor
     clock: Callable[[], dt.datetime] = utcnow
 
     async def db(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call in a worker thread."""
-        return await asyncio.to_thread(method, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(method, *args, **kwargs)
+        )

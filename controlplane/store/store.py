@@ -280,11 +280,20 @@ class Store:
         with self._transaction(write=False) as conn:
             return queries.device(conn, device_id)
 
-    def list_devices(self, fleet: str | None = None) -> list[DeviceRow]:
-        """Every device (of ``fleet``, if given), revoked ones included, ordered by device id."""
+    def list_devices(
+        self, fleet: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[DeviceRow]:
+        """Devices (of ``fleet``, if given), revoked ones included, ordered by device id.
+
+        Keyset paging: ``after`` is the last device id of the previous page, ``limit`` the page size.
+        """
         query = select(Device).order_by(Device.device_id)
         if fleet is not None:
             query = query.where(Device.fleet == fleet)
+        if after is not None:
+            query = query.where(Device.device_id > after)
+        if limit is not None:
+            query = query.limit(limit)
         with self._transaction(write=False) as conn:
             return [DeviceRow(**row) for row in conn.execute(query).mappings()]
 
