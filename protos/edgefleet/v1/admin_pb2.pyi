@@ -298,6 +298,18 @@ class BlobChunk(_message.Message):
     data: bytes
     def __init__(self, sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class StatBlobsRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sha256: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StatBlobsResponse(_message.Message):
+    __slots__ = ("present",)
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    present: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, present: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class BlobRef(_message.Message):
     __slots__ = ("sha256", "size_bytes", "already_present")
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +345,16 @@ class AddPublisherKeyRequest(_message.Message):
     public_key: bytes
     name: str
     def __init__(self, public_key: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ListPublisherKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPublisherKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[PublisherKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[PublisherKey, _Mapping]]] = ...) -> None: ...
 
 class ModelBuild(_message.Message):
     __slots__ = ("ref", "task", "total_bytes", "published_at", "publisher_key_id", "manifest")

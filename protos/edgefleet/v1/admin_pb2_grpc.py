@@ -89,6 +89,11 @@ class AdminStub:
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.GetClassRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_admin__pb2.DeviceClass.FromString,
                 _registered_method=True)
+        self.StatBlobs = channel.unary_unary(
+                '/edgefleet.v1.Admin/StatBlobs',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.StatBlobsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.StatBlobsResponse.FromString,
+                _registered_method=True)
         self.UploadBlob = channel.stream_unary(
                 '/edgefleet.v1.Admin/UploadBlob',
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.BlobChunk.SerializeToString,
@@ -113,6 +118,11 @@ class AdminStub:
                 '/edgefleet.v1.Admin/AddPublisherKey',
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.AddPublisherKeyRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_admin__pb2.PublisherKey.FromString,
+                _registered_method=True)
+        self.ListPublisherKeys = channel.unary_unary(
+                '/edgefleet.v1.Admin/ListPublisherKeys',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.ListPublisherKeysRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListPublisherKeysResponse.FromString,
                 _registered_method=True)
         self.GetEvidence = channel.unary_unary(
                 '/edgefleet.v1.Admin/GetEvidence',
@@ -238,9 +248,16 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UploadBlob(self, request_iterator, context):
+    def StatBlobs(self, request, context):
         """--- models and builds ---
+        which blobs the server already holds
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadBlob(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -264,6 +281,12 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddPublisherKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPublisherKeys(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -389,6 +412,11 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.GetClassRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_admin__pb2.DeviceClass.SerializeToString,
             ),
+            'StatBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatBlobs,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.StatBlobsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.StatBlobsResponse.SerializeToString,
+            ),
             'UploadBlob': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadBlob,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.BlobChunk.FromString,
@@ -413,6 +441,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AddPublisherKey,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.AddPublisherKeyRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_admin__pb2.PublisherKey.SerializeToString,
+            ),
+            'ListPublisherKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPublisherKeys,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListPublisherKeysRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.ListPublisherKeysResponse.SerializeToString,
             ),
             'GetEvidence': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEvidence,
@@ -773,6 +806,33 @@ class Admin:
             _registered_method=True)
 
     @staticmethod
+    def StatBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.Admin/StatBlobs',
+            edgefleet_dot_v1_dot_admin__pb2.StatBlobsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.StatBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def UploadBlob(request_iterator,
             target,
             options=(),
@@ -897,6 +957,33 @@ class Admin:
             '/edgefleet.v1.Admin/AddPublisherKey',
             edgefleet_dot_v1_dot_admin__pb2.AddPublisherKeyRequest.SerializeToString,
             edgefleet_dot_v1_dot_admin__pb2.PublisherKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPublisherKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.Admin/ListPublisherKeys',
+            edgefleet_dot_v1_dot_admin__pb2.ListPublisherKeysRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.ListPublisherKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
