@@ -22,7 +22,7 @@ class AgentExit(Exception):
 
 
 def agent(
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Identity, models, telemetry spool")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="The device's identity and state")] = None,
     join: Annotated[
         str | None, typer.Option("--join", envvar="EDGEFLEET_JOIN", help="Join string from `edgefleet tokens create`")
     ] = None,
@@ -45,7 +45,7 @@ def agent(
     Example: edgefleet agent --join efjoin1.… --data-dir /var/lib/edgefleet --device-id gw-001
     """
     from agent.daemon import run
-    from agent.errors import AgentConfigError, AgentError
+    from agent.errors import AgentConfigError, AgentError, TransportError
     from agent.session import SessionEnded
     from protos.join import JoinStringError
 
@@ -67,5 +67,7 @@ def agent(
         raise AgentExit(str(exc), 2) from exc
     except SessionEnded as exc:
         raise AgentExit(str(exc), 3) from exc
+    except TransportError as exc:
+        raise AgentExit(str(exc), 1) from exc
     except AgentError as exc:
         raise AgentExit(str(exc), 2) from exc

@@ -1,7 +1,8 @@
 """The agent process: join if asked, then keep the session to the control plane.
 
-Exit codes: 0 stopped by signal; 2 bad configuration or join refused;
-3 revoked or refused by the control plane (do not restart blindly).
+Exit codes: 0 stopped by signal; 1 control plane unreachable while joining
+(retry later); 2 bad configuration or join refused; 3 revoked or refused by
+the control plane (do not restart blindly).
 """
 
 from __future__ import annotations

@@ -81,6 +81,8 @@ class Session:
         self.boot_id = secrets.token_hex(8)
         self.state = SessionState()
         self._facts = facts
+        # A configured interval wins; otherwise the control plane's (Welcome) is followed.
+        self._interval_configured = heartbeat_interval_seconds is not None
         self._interval = heartbeat_interval_seconds or float(identity.heartbeat_interval_seconds)
         self._connect_timeout = connect_timeout_seconds
         self._backoff = BackoffTimer(backoff or Backoff(), rng=rng or random.Random())
@@ -147,6 +149,8 @@ class Session:
                 self.state.connected = True
                 self.state.welcomed += 1
                 self._backoff.reset()
+                if not self._interval_configured and message.welcome.heartbeat_interval_seconds:
+                    self._interval = float(message.welcome.heartbeat_interval_seconds)
                 log.info("session open as %s in fleet %s", message.welcome.device_id, message.welcome.fleet)
             elif kind == "desired":
                 self.state.desired = message.desired

@@ -45,6 +45,7 @@ log = logging.getLogger("edgefleet.server")
 ADMIN_TOKEN_FILE = "admin.token"
 CLI_CONFIG_FILE = "cli.toml"
 STORE_THREADS = 8
+CA_SETTING = "ca_sha256"
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -77,11 +78,12 @@ class RunningServer:
     device_server: grpc.aio.Server
     api_port: int
     device_port: int
-    health: health.aio.HealthServicer
+    health: tuple[health.aio.HealthServicer, ...]
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.services.config.shutdown_grace_seconds if grace is None else grace
-        await self.health.enter_graceful_shutdown()
+        for servicer in self.health:
+            await servicer.enter_graceful_shutdown()
         for handle in self.services.presence.sessions():
             handle.close("control plane shutting down")
         await asyncio.gather(self.api_server.stop(grace), self.device_server.stop(grace))
@@ -109,11 +111,17 @@ async def start(config: ServerConfig) -> RunningServer:
     try:
         now = utcnow()
         ca = load_or_create_ca(config.data_dir, now)
+        known = await asyncio.to_thread(store.set_setting_if_absent, CA_SETTING, ca.fingerprint)
+        if known != ca.fingerprint:
+            raise DataDirError(
+                f"the CA in {config.data_dir} ({ca.fingerprint[:16]}…) is not the one this database's devices "
+                f"trust ({known[:16]}…): restore ca.crt and ca.key from a backup of the data dir"
+            )
         chain_pem, key_pem = ca.issue_server_certificate(_tls_names(config), now)
         await asyncio.to_thread(ensure_admin_token, store, config.data_dir)
     except OSError as exc:
         store.close()
-        raise DataDirError(f"cannot write to data dir {config.data_dir}: {exc}") from exc
+        raise DataDirError(f"data dir {config.data_dir} is not writable: {exc}") from exc
     except BaseException:
         store.close()
         raise
@@ -149,45 +157,47 @@ async def start(config: ServerConfig) -> RunningServer:
         presence=presence,
         api_address=f"{_host(advertise)}:{api_port}",
         device_port=device_port,
+        device_endpoint=config.device_advertise or f":{device_port}",
         executor=executor,
     )
     enrollment_pb2.DESCRIPTOR  # noqa: B018 - descriptors must be loaded for reflection
     from protos.edgefleet.v1 import admin_pb2_grpc, agent_pb2_grpc, enrollment_pb2_grpc
 
-    health_servicer = health.aio.HealthServicer()
+    api_health, device_health = health.aio.HealthServicer(), health.aio.HealthServicer()
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(services), api_server)
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(services), api_server)
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(GatewayService(services), device_server)
-    for server in (api_server, device_server):
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    api_names = [
+    health_pb2_grpc.add_HealthServicer_to_server(api_health, api_server)
+    health_pb2_grpc.add_HealthServicer_to_server(device_health, device_server)
+    api_services = [
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         enrollment_pb2.DESCRIPTOR.services_by_name["Enrollment"].full_name,
-        agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
     ]
-    reflection.enable_server_reflection(api_names, api_server)
+    device_services = [agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name]
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection([*api_services, health_name, reflection.SERVICE_NAME], api_server)
 
     await api_server.start()
     await device_server.start()
     presence.start()
-    for name in ("", *api_names[:3]):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _write_cli_config(config.data_dir, api_port)
+    for servicer, names in ((api_health, api_services), (device_health, device_services)):
+        for name in ("", *names):
+            await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _write_cli_config(config.data_dir, config.listen_host, api_port)
     log.info("control plane listening: api %s, devices %s, data %s", api_port, device_port, config.data_dir)
-    return RunningServer(services, api_server, device_server, api_port, device_port, health_servicer)
+    return RunningServer(services, api_server, device_server, api_port, device_port, (api_health, device_health))
 
 
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _write_cli_config(data_dir: Path, api_port: int) -> None:
+def _write_cli_config(data_dir: Path, listen_host: str, api_port: int) -> None:
+    host = "127.0.0.1" if listen_host in ("0.0.0.0", "::", "") else _host(listen_host)
     text = (
         "# Written by `edgefleet server` at every start: point the CLI here with\n"
         f"#   export EDGEFLEET_CONFIG={data_dir / CLI_CONFIG_FILE}\n"
-        f'server = "127.0.0.1:{api_port}"\n'
+        f'server = "{host}:{api_port}"\n'
         f'token_file = "{data_dir / ADMIN_TOKEN_FILE}"\n'
         f'ca_file = "{data_dir / "ca.crt"}"\n'
     )

@@ -6,14 +6,19 @@ the command line) shows the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 
-import typer
+# gRPC's C core prints its own diagnostics on stderr; errors here are one line unless --debug.
+if "--debug" not in sys.argv:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from agent.cli import AgentExit, agent
-from controlplane.cli import devices, operators, tokens
-from controlplane.cli.errors import CliError
-from controlplane.cli.server_cmd import server
+import typer  # noqa: E402
+
+from agent.cli import AgentExit, agent  # noqa: E402
+from controlplane.cli import devices, operators, tokens  # noqa: E402
+from controlplane.cli.errors import CliError  # noqa: E402
+from controlplane.cli.server_cmd import server  # noqa: E402
 
 app = typer.Typer(
     name="edgefleet",
@@ -29,8 +34,8 @@ app.command("server")(server)
 app.command("agent")(agent)
 
 
-@app.callback()
-def root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors")) -> None:
+@app.callback(epilog="Add --debug anywhere to see a traceback instead of a one-line error.")
+def root() -> None:
     """edgefleet: measured model builds for every device class."""
 
 
@@ -45,6 +50,7 @@ def run(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]  # accepted anywhere on the line
     try:
         # Standalone mode prints usage errors itself and ends with SystemExit.
         app(args=argv, prog_name="edgefleet")
@@ -65,7 +71,7 @@ def run(argv: list[str] | None = None) -> int:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            details = f"control plane unreachable ({details})"
+            details = f"control plane unavailable ({details})"
         return _fail(f"{details} [{code.name if code else 'UNKNOWN'}]", 1)
     except KeyboardInterrupt:
         return 130

@@ -58,7 +58,7 @@ def list_devices(
     ]
     columns = ["DEVICE", "FLEET", "STATE", "LAST SEEN", "CLASS", "ARCH", "CORES", "RAM", "ONNXRUNTIME"]
     output.stdout().print(output.table(None, columns, rows))
-    if not rows:
+    if not rows and not fleet:
         output.stderr().print("no devices yet: create a join string with `edgefleet tokens create --fleet NAME`")
 
 

@@ -13,7 +13,7 @@ from controlplane.cli.errors import CliError
 
 
 def server(
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="CA, tokens, SQLite database, blobs")] = Path(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="CA, tokens, SQLite database")] = Path(
         ".edgefleet/server"
     ),
     db: Annotated[
@@ -23,6 +23,9 @@ def server(
     api_port: Annotated[int, typer.Option("--api-port", help="Operator API and enrollment (TLS); 0 = any")] = 7443,
     device_port: Annotated[int, typer.Option("--device-port", help="Device sessions (mutual TLS); 0 = any")] = 7444,
     advertise: Annotated[str, typer.Option("--advertise", help="Host name devices use to reach this server")] = "",
+    device_advertise: Annotated[
+        str, typer.Option("--device-advertise", help="HOST:PORT devices dial for sessions, when NAT maps the port")
+    ] = "",
     tls_name: Annotated[list[str] | None, typer.Option("--tls-name", help="Extra name for the certificate")] = None,
     heartbeat_seconds: Annotated[int, typer.Option("--heartbeat-seconds", help="Agent heartbeat interval")] = 10,
     ready_file: Annotated[
@@ -50,6 +53,7 @@ def server(
             api_port=api_port,
             device_port=device_port,
             advertise_host=advertise,
+            device_advertise=device_advertise,
             extra_tls_names=tuple(tls_name or ()),
             heartbeat_interval_seconds=heartbeat_seconds,
         )
@@ -58,5 +62,5 @@ def server(
         raise CliError(f"invalid server option {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
     try:
         asyncio.run(serve(config, ready_file=ready_file))
-    except (DataDirError, StoreError) as exc:
+    except (DataDirError, StoreError, ValueError) as exc:
         raise CliError(str(exc)) from exc

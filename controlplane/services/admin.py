@@ -9,6 +9,7 @@ serve yet answer UNIMPLEMENTED (the generated base class).
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import logging
 import secrets
 
@@ -25,7 +26,7 @@ from protos.limits import check_labels, check_name
 
 log = logging.getLogger("edgefleet.server.admin")
 
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = importlib.metadata.version("edgefleet")
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
 

@@ -28,6 +28,7 @@ class Services:
     presence: Presence
     api_address: str  # host:port put into join strings
     device_port: int
+    device_endpoint: str  # what enrollment tells devices: "host:port" or ":port" (same host)
     # Store calls run here, not in asyncio's default pool, so that shutdown can wait for
     # calls whose callers were cancelled before it closes the store.
     executor: ThreadPoolExecutor

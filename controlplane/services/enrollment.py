@@ -34,6 +34,8 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
             check_name("device id", request.device_id)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
+        if request.device_id == TLS_SERVER_NAME:
+            raise InvalidRequest(f"device id {TLS_SERVER_NAME!r} is reserved for the control plane")
         validate_facts(request.facts)
         token = await s.db(s.store.get_join_token, request.token_id) if len(request.token_id) <= 64 else None
         if token is None or not secret_matches(request.secret, token.secret_sha256):
@@ -71,7 +73,7 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
             fleet=token.fleet,
             certificate_pem=cert_pem,
             ca_certificate_pem=s.ca.cert_pem,
-            device_endpoint=f":{s.device_port}",
+            device_endpoint=s.device_endpoint,
             tls_server_name=TLS_SERVER_NAME,
             heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
             labels=dict(token.labels),

@@ -43,7 +43,9 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
         if device is None or device.certificate_sha256 != fingerprint:
             raise Unauthenticated(f"certificate for {common_name!r} is not a current device certificate")
         if device.revoked_at is not None:
-            raise PermissionDenied(f"device {common_name!r} was revoked; re-enroll it with a new join string")
+            raise PermissionDenied(
+                f"device {common_name!r} was revoked; to bring it back, join it again under a new device id"
+            )
         return device
 
     async def Session(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802
@@ -110,6 +112,11 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
                     with contextlib.suppress(asyncio.CancelledError):
                         await get
             if get.cancelled():
+                # The reader ended; a Disconnect queued on its way out still goes to the device.
+                while not handle.outbox.empty():
+                    message = handle.outbox.get_nowait()
+                    with contextlib.suppress(Exception):
+                        await context.write(message)
                 return
             message = get.result()
             await context.write(message)
@@ -126,6 +133,7 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
                 return
             except TimeoutError:
                 log.info("session of %s missed heartbeats for %.0f s; closing", device_id, timeout)
+                handle.close(f"no message for {timeout:.0f} s (missed heartbeats); reconnect")
                 return
             now = s.clock()
             s.presence.seen(device_id, now)

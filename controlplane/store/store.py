@@ -1,7 +1,7 @@
 """The control plane's persistent store: operator tokens, join tokens, devices and settings.
 
 A synchronous API over one SQLAlchemy engine (SQLite or PostgreSQL); asyncio callers run
-each call in a thread (``asyncio.to_thread``). The engine is thread-safe, so one ``Store``
+each call in a worker thread (the server's store executor). The engine is thread-safe, so one ``Store``
 serves every thread.
 
 Invariants:

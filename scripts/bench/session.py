@@ -491,7 +491,6 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
             cpu_b = cpu_seconds(server.pid)
             result["server_end_rss_bytes"] = rss_bytes(server.pid)
 
-
             def delta(key: str) -> float:
                 return sum(b[key] - a[key] for a, b in zip(before, after, strict=True))
 

@@ -97,7 +97,7 @@ def test_bad_arguments_give_one_line_errors_and_change_nothing(cli, cp, args, me
 def test_unreachable_server_is_one_line_error(cli, monkeypatch):
     monkeypatch.setenv("EDGEFLEET_SERVER", "127.0.0.1:1")
     code, _, err = cli("devices", "list")
-    assert code == 1 and err.startswith("error: control plane unreachable") and err.count("\n") == 1
+    assert code == 1 and err.startswith("error: control plane unavailable") and err.count("\n") == 1
 
 
 def test_missing_configuration_names_what_to_set(monkeypatch, capsys, tmp_path):

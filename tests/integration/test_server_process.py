@@ -81,3 +81,17 @@ def test_unwritable_data_dir_stops_the_server_with_one_line_and_nothing_written(
     assert f"error: data dir {data_dir} is not writable" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "ready").exists()
+
+
+def test_lost_ca_is_refused_instead_of_silently_replaced(tmp_path):
+    """Devices trust the CA they pinned; a new CA would strand them, so the server stops and says why."""
+    from controlplane.errors import DataDirError
+    from tests.integration.conftest import server_config
+    from tests.integration.harness import ServerThread
+
+    config = server_config(tmp_path / "server")
+    ServerThread(config).stop()
+    (tmp_path / "server" / "ca.key").unlink()
+    (tmp_path / "server" / "ca.crt").unlink()
+    with pytest.raises(DataDirError, match="restore ca.crt and ca.key"):
+        ServerThread(config)
