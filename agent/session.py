@@ -88,9 +88,11 @@ class Session:
         self._backoff = BackoffTimer(backoff or Backoff(), rng=rng or random.Random())
         self._on_desired = on_desired
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # set on stop and when the heartbeat interval changes
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     async def run(self) -> None:
         """Keep a session open until stop() or a fatal refusal (raises SessionEnded)."""
@@ -149,8 +151,10 @@ class Session:
                 self.state.connected = True
                 self.state.welcomed += 1
                 self._backoff.reset()
-                if not self._interval_configured and message.welcome.heartbeat_interval_seconds:
-                    self._interval = float(message.welcome.heartbeat_interval_seconds)
+                interval = float(message.welcome.heartbeat_interval_seconds)
+                if not self._interval_configured and interval and interval != self._interval:
+                    self._interval = interval
+                    self._wake.set()
                 log.info("session open as %s in fleet %s", message.welcome.device_id, message.welcome.fleet)
             elif kind == "desired":
                 self.state.desired = message.desired
@@ -180,14 +184,18 @@ class Session:
         next_facts = loop.time() + FACTS_REFRESH_SECONDS
         # Heartbeats keep a fixed cadence (not "interval after the last one"), so
         # a slow send does not stretch the gap the server measures.
-        next_beat = loop.time()
+        last_beat = loop.time()
         sequence = 0
         while not self._stop.is_set():
-            next_beat = max(next_beat + self._interval, loop.time())
+            next_beat = max(last_beat + self._interval, loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, next_beat - loop.time()))
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_beat - loop.time()))
             if self._stop.is_set():
                 return
+            if self._wake.is_set():  # the interval changed: re-plan from the last heartbeat
+                self._wake.clear()
+                continue
+            last_beat = next_beat
             if loop.time() >= next_facts:
                 next_facts = loop.time() + FACTS_REFRESH_SECONDS
                 facts = await asyncio.to_thread(self._facts)

@@ -94,9 +94,10 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            if s.presence.release(handle):
-                await s.db(s.store.mark_disconnected, device.device_id, s.clock())
             log.info("session closed: %s", device.device_id)
+            if s.presence.release(handle):
+                # Shielded: a cancelled handler must still record that its session ended.
+                await asyncio.shield(s.db(s.store.mark_disconnected, device.device_id, s.clock()))
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             raise reader.exception()
 
