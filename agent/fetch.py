@@ -1,0 +1,129 @@
+"""Downloading artifacts by content hash: resumable, size-capped, with stall and throughput rules.
+
+Invariants:
+- Bytes land in ``<sha>.part`` and only a file whose sha256 matches appears
+  under its final name ``<sha>`` (atomic rename): a crash or a cut link
+  leaves at most a partial file, from which the next attempt resumes.
+- The server can never make the device store more than the manifest's size
+  ("endless data"), nor keep a download hanging ("slow retrieval"): a chunk
+  must arrive within ``stall_seconds`` and, after a grace period, the average
+  rate must stay above ``min_bytes_per_second``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from agent.errors import AgentError
+from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc
+from protos.limits import MAX_ARTIFACT_CHUNK_BYTES
+
+
+class FetchError(AgentError):
+    """A download failed; ``retryable`` says whether trying again can help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    stall_seconds: float = 30.0
+    min_bytes_per_second: float = 1024.0
+    throughput_grace_seconds: float = 20.0
+    chunk_bytes: int = MAX_ARTIFACT_CHUNK_BYTES
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    path: Path
+    bytes_transferred: int  # this attempt only: a resume transfers just the rest
+    resumed_from: int
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+async def fetch_blob(
+    stub: agent_pb2_grpc.AgentGatewayStub,
+    sha256: str,
+    size: int,
+    directory: Path,
+    *,
+    policy: FetchPolicy = FetchPolicy(),
+) -> FetchResult:
+    """Fetch blob sha256 of exactly size bytes into directory. Raises FetchError."""
+    final = directory / sha256
+    if final.exists():
+        return FetchResult(final, 0, size)
+    directory.mkdir(parents=True, exist_ok=True)
+    part = directory / f"{sha256}.part"
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > size:
+        part.unlink()
+        offset = 0
+    resumed_from = offset
+    started = time.monotonic()
+    received = 0
+    if offset < size:
+        call = stub.FetchArtifact(
+            agent_pb2.FetchArtifactRequest(sha256=sha256, offset=offset, chunk_bytes=policy.chunk_bytes)
+        )
+        chunks = call.__aiter__()
+        try:
+            with part.open("ab") as out:
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(anext(chunks), timeout=policy.stall_seconds)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError as exc:
+                        raise FetchError(
+                            f"download of {sha256[:12]} stalled: no data for {policy.stall_seconds:.0f} s",
+                            retryable=True,
+                        ) from exc
+                    if chunk.offset != offset:
+                        raise FetchError(f"server sent offset {chunk.offset}, expected {offset}", retryable=True)
+                    if offset + len(chunk.data) > size:
+                        raise FetchError(
+                            f"server sent more than the manifest's {size} bytes for {sha256[:12]}: refused",
+                            retryable=False,
+                        )
+                    out.write(chunk.data)
+                    offset += len(chunk.data)
+                    received += len(chunk.data)
+                    elapsed = time.monotonic() - started
+                    if elapsed > policy.throughput_grace_seconds and received / elapsed < policy.min_bytes_per_second:
+                        raise FetchError(
+                            f"download of {sha256[:12]} too slow: {received / elapsed:.0f} B/s "
+                            f"< {policy.min_bytes_per_second:.0f} B/s",
+                            retryable=True,
+                        )
+                out.flush()
+                os.fsync(out.fileno())
+        except grpc.aio.AioRpcError as exc:
+            retryable = exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED)
+            raise FetchError(f"download of {sha256[:12]} failed: {exc.details()}", retryable=retryable) from exc
+        finally:
+            call.cancel()
+    if offset != size:
+        raise FetchError(f"download of {sha256[:12]} ended at {offset} of {size} bytes", retryable=True)
+    actual = await asyncio.to_thread(_sha256_file, part)
+    if actual != sha256:
+        part.unlink()
+        raise FetchError(f"downloaded bytes hash to {actual[:12]}, not {sha256[:12]}: discarded", retryable=True)
+    os.replace(part, final)
+    return FetchResult(final, received, resumed_from)

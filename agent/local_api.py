@@ -1,0 +1,102 @@
+"""The local inference API for apps on the device: gRPC on a unix socket in the data dir.
+
+Raw inputs stay here: nothing a request carries is forwarded to the control
+plane; only aggregated numbers reach telemetry. Inference runs in worker
+threads (onnxruntime releases the GIL), so the event loop keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from agent.serving import Serving
+from protos.edgefleet.v1 import inference_pb2, inference_pb2_grpc
+from protos.tensors import TensorError, from_numpy, to_numpy
+
+log = logging.getLogger("edgefleet.agent.local_api")
+
+SOCKET_NAME = "inference.sock"
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+# Called after every inference with (loaded model, latency ms, ok, confidence or None, input size).
+Recorder = Callable[..., None]
+
+
+def socket_path(data_dir: Path) -> Path:
+    return data_dir / SOCKET_NAME
+
+
+class LocalInferenceService(inference_pb2_grpc.LocalInferenceServicer):
+    def __init__(self, serving: Serving, *, device_id: str, record: Recorder | None = None,
+                 connected: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
+        self.serving = serving
+        self.device_id = device_id
+        self.record = record
+        self.connected = connected
+
+    async def Infer(self, request, context):  # noqa: N802
+        loaded = self.serving.current(request.task or "generic")
+        if loaded is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"no active model for task {request.task!r}")
+        try:
+            feeds = {t.name: to_numpy(t) for t in request.inputs}
+        except TensorError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            outputs, latency_ms = await asyncio.to_thread(loaded.run, feeds)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types for bad inputs
+            self._record(loaded, 0.0, False, None, 0)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model rejected the inputs: {str(exc)[:300]}")
+        names = [o.name for o in loaded.session.get_outputs()]
+        self._record(loaded, latency_ms, True, None, sum(int(v.size) for v in feeds.values()))
+        return inference_pb2.InferResponse(
+            outputs=[from_numpy(name, value) for name, value in zip(names, outputs, strict=True)],
+            served_by=inference_pb2.ServedBy(model=loaded.ref, latency_ms=latency_ms),
+        )
+
+    async def AcquireActivationLock(self, request, context):  # noqa: N802
+        try:
+            lock_id = self.serving.locks.acquire(request.holder, request.ttl_seconds, time.monotonic())
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return inference_pb2.ActivationLock(lock_id=lock_id, holder=request.holder, ttl_seconds=request.ttl_seconds)
+
+    async def ReleaseActivationLock(self, request, context):  # noqa: N802
+        if not self.serving.locks.release(request.lock_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such activation lock (expired or released)")
+        return inference_pb2.ReleaseActivationLockResponse()
+
+    async def GetStatus(self, request, context):  # noqa: N802
+        return inference_pb2.GetStatusResponse(
+            device_id=self.device_id,
+            active=[m.ref for m in self.serving.active()],
+            connected=self.connected(),
+            activation_locks=self.serving.locks.held(time.monotonic()),
+        )
+
+    def _record(self, loaded, latency_ms: float, ok: bool, confidence: float | None, size: float) -> None:
+        if self.record is not None:
+            self.record(loaded, latency_ms, ok, confidence, size)
+
+
+async def start_local_api(
+    service: LocalInferenceService, data_dir: Path, *, tcp_port: int | None = None
+) -> tuple[grpc.aio.Server, int | None]:
+    """Serve on <data_dir>/inference.sock (owner-only) and, if asked, on 127.0.0.1:tcp_port."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+    inference_pb2_grpc.add_LocalInferenceServicer_to_server(service, server)
+    path = socket_path(data_dir)
+    if path.exists():
+        path.unlink()  # a stale socket from a killed agent
+    server.add_insecure_port(f"unix://{path}")
+    port = server.add_insecure_port(f"127.0.0.1:{tcp_port}") if tcp_port is not None else None
+    await server.start()
+    os.chmod(path, 0o660)
+    return server, port
