@@ -28,6 +28,8 @@ class ServerConfig(BaseModel):
     join_token_default_ttl_seconds: int = Field(3600, ge=60)
     join_token_max_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=120)
+    max_blob_bytes: int = Field(4 * 1024**3, ge=1)  # largest bundle file the blob store accepts
+    blob_upload_idle_seconds: float = Field(60.0, gt=0, le=3600)  # an upload silent this long is dropped
 
     @field_validator("data_dir")
     @classmethod

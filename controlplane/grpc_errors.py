@@ -9,8 +9,9 @@ from typing import Any
 
 import grpc
 
-from controlplane import errors
+from controlplane import blobs, errors
 from controlplane.store import errors as store_errors
+from protos.bundles import BundleError
 
 log = logging.getLogger("edgefleet.server")
 
@@ -26,7 +27,16 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     store_errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     store_errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     store_errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    blobs.BlobError: grpc.StatusCode.INTERNAL,
+    blobs.BlobMismatch: grpc.StatusCode.INVALID_ARGUMENT,
+    blobs.BlobTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    blobs.BlobNotFound: grpc.StatusCode.NOT_FOUND,
+    blobs.BlobStalled: grpc.StatusCode.DEADLINE_EXCEEDED,
+    BundleError: grpc.StatusCode.INVALID_ARGUMENT,
 }
+
+# Errors raised on purpose, whose messages are meant for the caller.
+_OURS = (errors.ControlPlaneError, store_errors.StoreError, blobs.BlobError, BundleError)
 
 
 def status_for(exc: Exception) -> grpc.StatusCode:
@@ -37,13 +47,14 @@ def status_for(exc: Exception) -> grpc.StatusCode:
 
 
 def handle_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate an async unary handler: our errors abort with their status code."""
+    """Decorate an async handler with a unary response (its request may be a stream): our errors
+    abort with their status code."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except (errors.ControlPlaneError, store_errors.StoreError) as exc:
+        except _OURS as exc:
             await context.abort(status_for(exc), str(exc))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

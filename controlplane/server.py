@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane.auth import new_operator_token, sha256_hex
+from controlplane.blobs import BlobStore
 from controlplane.config import ServerConfig
 from controlplane.errors import DataDirError
 from controlplane.pki import load_or_create_ca, write_private
@@ -119,6 +120,7 @@ async def start(config: ServerConfig) -> RunningServer:
             )
         chain_pem, key_pem = ca.issue_server_certificate(_tls_names(config), now)
         await asyncio.to_thread(ensure_admin_token, store, config.data_dir)
+        blobs = await asyncio.to_thread(BlobStore, config.data_dir / "blobs", max_blob_bytes=config.max_blob_bytes)
     except OSError as exc:
         store.close()
         raise DataDirError(f"data dir {config.data_dir} is not writable: {exc}") from exc
@@ -159,6 +161,7 @@ async def start(config: ServerConfig) -> RunningServer:
         device_port=device_port,
         device_endpoint=config.device_advertise or f":{device_port}",
         executor=executor,
+        blobs=blobs,
     )
     enrollment_pb2.DESCRIPTOR  # noqa: B018 - descriptors must be loaded for reflection
     from protos.edgefleet.v1 import admin_pb2_grpc, agent_pb2_grpc, enrollment_pb2_grpc

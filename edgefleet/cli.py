@@ -16,7 +16,7 @@ if "--debug" not in sys.argv:
 import typer  # noqa: E402
 
 from agent.cli import AgentExit, agent  # noqa: E402
-from controlplane.cli import devices, operators, tokens  # noqa: E402
+from controlplane.cli import devices, keys, models, operators, tokens  # noqa: E402
 from controlplane.cli.errors import CliError  # noqa: E402
 from controlplane.cli.server_cmd import server  # noqa: E402
 
@@ -30,6 +30,8 @@ app = typer.Typer(
 app.add_typer(devices.app, name="devices")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(operators.app, name="operators")
+app.add_typer(keys.app, name="keys")
+app.add_typer(models.app, name="models")
 app.command("server")(server)
 app.command("agent")(agent)
 

@@ -1,14 +1,21 @@
-"""The operator API: tokens, devices (and, as they land, classes, models,
-deployments, rollouts and telemetry queries).
+"""The operator API: tokens, devices, publisher keys, blobs and model builds (and, as they
+land, classes, deployments, rollouts and telemetry queries).
 
 Every call authenticates the bearer token and checks its role before it
 reads or changes anything. Methods of the contract that this server does not
 serve yet answer UNIMPLEMENTED (the generated base class).
+
+Publishing: the operator uploads the bundle's files as blobs (by sha256, only those
+StatBlobs reports missing), then publishes the signed manifest. A build is stored only
+if a registered publisher key signed it, the manifest obeys ``protos.bundles``' rules,
+every file is uploaded with the manifest's size, and the version does not go backwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
 import importlib.metadata
 import logging
 import secrets
@@ -16,19 +23,30 @@ import secrets
 import grpc
 
 from controlplane.auth import Role, bearer_token, new_operator_token, new_secret, require_role, sha256_hex
-from controlplane.errors import InvalidRequest, NotFoundError, Unauthenticated
+from controlplane.blobs import BlobStalled, BlobTooLarge, check_sha256
+from controlplane.errors import InvalidRequest, NotFoundError, PreconditionFailed, Unauthenticated
 from controlplane.fleet import device_message, is_online, timestamp
 from controlplane.grpc_errors import handle_errors
 from controlplane.services.context import Services
-from protos.edgefleet.v1 import admin_pb2, admin_pb2_grpc
+from protos.bundles import (
+    MAX_SIGNATURES,
+    MAX_VERSION,
+    check_public_key,
+    parse_signed_manifest,
+    task_name,
+    valid_signers,
+    verify_signed_manifest,
+)
+from protos.edgefleet.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from protos.join import JoinString
-from protos.limits import check_labels, check_name
+from protos.limits import MAX_ARTIFACT_CHUNK_BYTES, check_labels, check_name
 
 log = logging.getLogger("edgefleet.server.admin")
 
 SERVER_VERSION = importlib.metadata.version("edgefleet")
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
+MAX_STAT_BLOBS = 1000
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -166,6 +184,158 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             handle.close(reason, revoked=True)
         log.info("device %s revoked by %s", request.device_id, caller.name)
         return self._device(row)
+
+    # --- publisher keys, blobs and model builds ---
+
+    @handle_errors
+    async def AddPublisherKey(self, request, context):  # noqa: N802
+        caller = await self.caller(context, Role.OPERATOR, "registering a publisher key")
+        check_name("publisher key name", request.name)
+        key_id = check_public_key(request.public_key)
+        s = self.s
+        row = await s.db(s.store.add_publisher_key, key_id, request.public_key.hex(), request.name, s.clock())
+        log.info("publisher key %s (%s) registered by %s", key_id, request.name, caller.name)
+        return _publisher_key(row)
+
+    @handle_errors
+    async def ListPublisherKeys(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "listing publisher keys")
+        rows = await self.s.db(self.s.store.list_publisher_keys)
+        return admin_pb2.ListPublisherKeysResponse(keys=[_publisher_key(r) for r in rows])
+
+    @handle_errors
+    async def StatBlobs(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "checking blobs")
+        if len(request.sha256) > MAX_STAT_BLOBS:
+            raise InvalidRequest(f"at most {MAX_STAT_BLOBS} blobs per StatBlobs call, got {len(request.sha256)}")
+        wanted = [check_sha256(sha) for sha in dict.fromkeys(request.sha256)]
+        present = await asyncio.to_thread(lambda: [sha for sha in wanted if self.s.blobs.has(sha)])
+        return admin_pb2.StatBlobsResponse(present=present)
+
+    @handle_errors
+    async def UploadBlob(self, request_iterator, context):  # noqa: N802
+        await self.caller(context, Role.OPERATOR, "uploading blobs")
+        chunks = aiter(request_iterator)
+        first = await self._next_chunk(chunks)
+        if first is None or not first.sha256 or not first.total_bytes:
+            raise InvalidRequest("the first chunk of an upload must declare the blob's sha256 and total_bytes")
+        writer = await asyncio.to_thread(self.s.blobs.writer, first.sha256, first.total_bytes)
+        with writer:  # discards the upload unless it is committed
+            chunk = first
+            # A blob already stored is not received again: the answer ends the upload.
+            while chunk is not None and not writer.already_present:
+                _check_chunk(chunk, first)
+                if chunk.data:
+                    await asyncio.to_thread(writer.write, chunk.data)
+                chunk = await self._next_chunk(chunks)
+            present = await asyncio.to_thread(writer.commit)
+        return admin_pb2.BlobRef(sha256=first.sha256, size_bytes=first.total_bytes, already_present=present)
+
+    async def _next_chunk(self, chunks) -> admin_pb2.BlobChunk | None:
+        """The next chunk, or None at the end of the stream. Raises BlobStalled after the idle timeout."""
+        idle = self.s.config.blob_upload_idle_seconds
+        try:
+            return await asyncio.wait_for(anext(chunks, None), idle)
+        except TimeoutError as exc:
+            raise BlobStalled(f"no upload data for {idle:g} s; the upload was dropped, send it again") from exc
+
+    @handle_errors
+    async def PublishBundle(self, request, context):  # noqa: N802
+        caller = await self.caller(context, Role.OPERATOR, "publishing a bundle")
+        s = self.s
+        signed = parse_signed_manifest(request.signed_manifest)
+        signer_ids = list(dict.fromkeys(sig.key_id for sig in signed.signatures))
+        keys = await s.db(s.store.get_publisher_keys, signer_ids[:MAX_SIGNATURES])
+        if not keys:
+            raise PreconditionFailed(
+                f"the bundle is signed by {', '.join(k[:64] for k in signer_ids) or 'no key'}, which is not a "
+                "registered publisher key; register it first: edgefleet keys register KEYFILE.pub --name NAME"
+            )
+        trusted = {key: row.raw_public_key for key, row in keys.items()}
+        manifest = verify_signed_manifest(signed, trusted)
+        publisher = valid_signers(signed, trusted)[0]
+        sizes = await asyncio.to_thread(lambda: {f.sha256: s.blobs.size(f.sha256) for f in manifest.files})
+        for f in manifest.files:
+            if sizes[f.sha256] is None:
+                raise PreconditionFailed(
+                    f"file {f.path!r} (sha256 {f.sha256}) is not uploaded; upload every file before publishing "
+                    "(edgefleet models push does both)"
+                )
+            if sizes[f.sha256] != f.size_bytes:
+                raise InvalidRequest(
+                    f"file {f.path!r}: the manifest says {f.size_bytes} bytes, the uploaded blob has {sizes[f.sha256]}"
+                )
+        row = await s.db(
+            s.store.add_build,
+            name=manifest.name,
+            version=manifest.version,
+            variant=manifest.variant,
+            task=task_name(manifest.task),
+            manifest=signed.manifest,
+            signatures=request.signed_manifest,
+            manifest_sha256=hashlib.sha256(signed.manifest).hexdigest(),
+            total_bytes=sum(f.size_bytes for f in manifest.files),
+            publisher_key_id=publisher,
+            now=s.clock(),
+        )
+        log.info("%s published %s:%d %s", caller.name, row.name, row.version, row.variant)
+        return _model_build(row, with_manifest=True)
+
+    @handle_errors
+    async def ListModels(self, request, context):  # noqa: N802
+        """Every build (of one model, if named), newest version first; without manifests (GetModel has them)."""
+        await self.caller(context, Role.VIEWER, "listing models")
+        if request.name:
+            check_name("model name", request.name)
+        rows = await self.s.db(self.s.store.list_builds, request.name or None)
+        return admin_pb2.ListModelsResponse(builds=[_model_build(r, with_manifest=False) for r in rows])
+
+    @handle_errors
+    async def GetModel(self, request, context):  # noqa: N802
+        """The variants of one version (0: the latest), with their manifests."""
+        await self.caller(context, Role.VIEWER, "reading models")
+        check_name("model name", request.name)
+        if request.version > MAX_VERSION:
+            raise InvalidRequest(f"version must be at most {MAX_VERSION}")
+        rows = await self.s.db(self.s.store.get_builds, request.name, request.version or None)
+        if not rows:
+            latest = await self.s.db(self.s.store.latest_version, request.name)
+            if latest is None:
+                raise NotFoundError(f"model {request.name!r} has no published builds")
+            raise NotFoundError(f"model {request.name!r} has no version {request.version} (the latest is {latest})")
+        return admin_pb2.GetModelResponse(builds=[_model_build(r, with_manifest=True) for r in rows])
+
+
+def _check_chunk(chunk: admin_pb2.BlobChunk, first: admin_pb2.BlobChunk) -> None:
+    if len(chunk.data) > MAX_ARTIFACT_CHUNK_BYTES:
+        raise BlobTooLarge(f"a chunk of {len(chunk.data)} bytes is over the {MAX_ARTIFACT_CHUNK_BYTES} byte limit")
+    if (chunk.sha256 and chunk.sha256 != first.sha256) or (
+        chunk.total_bytes and chunk.total_bytes != first.total_bytes
+    ):
+        raise InvalidRequest(
+            "a later chunk declares another sha256 or total_bytes than the first; upload one blob per call"
+        )
+
+
+def _publisher_key(row) -> admin_pb2.PublisherKey:
+    key = admin_pb2.PublisherKey(key_id=row.key_id, public_key=row.raw_public_key, name=row.name)
+    key.added_at.CopyFrom(timestamp(row.added_at))
+    return key
+
+
+def _model_build(row, *, with_manifest: bool) -> admin_pb2.ModelBuild:
+    ref = common_pb2.ModelRef(
+        name=row.name, version=row.version, variant=row.variant, manifest_sha256=row.manifest_sha256
+    )
+    build = admin_pb2.ModelBuild(
+        ref=ref,
+        task=row.task,
+        total_bytes=row.total_bytes,
+        publisher_key_id=row.publisher_key_id,
+        manifest=row.manifest if with_manifest else b"",
+    )
+    build.published_at.CopyFrom(timestamp(row.published_at))
+    return build
 
 
 def _token_info(row) -> admin_pb2.OperatorToken:

@@ -1,4 +1,4 @@
-"""What every service needs: the store, the CA, the presence tracker, the config and a clock."""
+"""What every service needs: the store, the blob store, the CA, the presence tracker, the config and a clock."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.blobs import BlobStore
 from controlplane.config import ServerConfig
 from controlplane.pki import CertificateAuthority
 from controlplane.presence import Presence
@@ -32,6 +33,7 @@ class Services:
     # Store calls run here, not in asyncio's default pool, so that shutdown can wait for
     # calls whose callers were cancelled before it closes the store.
     executor: ThreadPoolExecutor
+    blobs: BlobStore  # bundle files by sha256; its blocking calls run in threads (asyncio.to_thread)
     clock: Callable[[], dt.datetime] = utcnow
 
     async def db(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

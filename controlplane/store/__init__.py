@@ -5,7 +5,14 @@ for the invariants and ``errors.py`` for what each error asks of the caller.
 """
 
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, StoreError, StoreUnavailable
-from controlplane.store.rows import OPERATOR_ROLES, DeviceRow, JoinTokenRow, OperatorTokenRow
+from controlplane.store.rows import (
+    OPERATOR_ROLES,
+    DeviceRow,
+    JoinTokenRow,
+    ModelBuildRow,
+    OperatorTokenRow,
+    PublisherKeyRow,
+)
 from controlplane.store.store import Store
 
 __all__ = [
@@ -14,8 +21,10 @@ __all__ = [
     "Conflict",
     "DeviceRow",
     "JoinTokenRow",
+    "ModelBuildRow",
     "NotFound",
     "OperatorTokenRow",
+    "PublisherKeyRow",
     "Store",
     "StoreError",
     "StoreUnavailable",

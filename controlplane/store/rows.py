@@ -81,3 +81,34 @@ class DeviceRow:
         if self.connected_at is None:
             return False
         return self.disconnected_at is None or self.connected_at > self.disconnected_at
+
+
+@dataclass(frozen=True)
+class PublisherKeyRow:
+    """A registered publisher key; ``public_key`` is the raw 32-byte ed25519 key as hex."""
+
+    key_id: str
+    public_key: str
+    name: str
+    added_at: datetime
+
+    @property
+    def raw_public_key(self) -> bytes:
+        return bytes.fromhex(self.public_key)
+
+
+@dataclass(frozen=True)
+class ModelBuildRow:
+    """A published build: ``manifest`` holds the exact signed bytes, ``signatures`` the serialized
+    SignedManifest they came in."""
+
+    name: str
+    version: int
+    variant: str
+    task: str
+    manifest: bytes
+    signatures: bytes
+    manifest_sha256: str
+    total_bytes: int
+    publisher_key_id: str
+    published_at: datetime

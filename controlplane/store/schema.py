@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, LargeBinary, MetaData, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -131,3 +131,31 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String, primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class PublisherKey(Base):
+    """An ed25519 key whose signatures the server accepts on published bundles (raw key as hex)."""
+
+    __tablename__ = "publisher_keys"
+
+    key_id: Mapped[str] = mapped_column(String, primary_key=True)
+    public_key: Mapped[str] = mapped_column(String, nullable=False)
+    name: Mapped[str] = mapped_column(String, nullable=False, unique=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class ModelBuild(Base):
+    """One published build (variant) of a model version, with the exact signed manifest bytes."""
+
+    __tablename__ = "model_builds"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    variant: Mapped[str] = mapped_column(String, primary_key=True)
+    task: Mapped[str] = mapped_column(String, nullable=False)
+    manifest: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    signatures: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    manifest_sha256: Mapped[str] = mapped_column(String, nullable=False)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    publisher_key_id: Mapped[str] = mapped_column(ForeignKey("publisher_keys.key_id"), nullable=False)
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -1,4 +1,5 @@
-"""The control plane's persistent store: operator tokens, join tokens, devices and settings.
+"""The control plane's persistent store: operator tokens, join tokens, devices, settings and, through
+``registry.RegistryStore``, publisher keys and model builds.
 
 A synchronous API over one SQLAlchemy engine (SQLite or PostgreSQL); asyncio callers run
 each call in a worker thread (the server's store executor). The engine is thread-safe, so one ``Store``
@@ -43,11 +44,12 @@ from controlplane.store.database import (
 )
 from controlplane.store.errors import AlreadyExists, NotFound
 from controlplane.store.queries import must, require_aware
+from controlplane.store.registry import RegistryStore
 from controlplane.store.rows import OPERATOR_ROLES, DeviceRow, JoinTokenRow, OperatorTokenRow
 from controlplane.store.schema import Device, JoinToken, OperatorToken, Setting, UTCDateTime
 
 
-class Store:
+class Store(RegistryStore):
     """The control plane's database. Create it with ``Store.open``; ``close`` when done."""
 
     def __init__(self, engine: Engine) -> None:

@@ -8,17 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta, timezone
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, insert, text
 
-from controlplane.store import Store, StoreError
-from controlplane.store.database import normalize_url
-from controlplane.store.schema import Base
+from controlplane.store import OperatorTokenRow, Store, StoreError
+from controlplane.store.database import MIGRATIONS_DIR, normalize_url
+from controlplane.store.schema import Base, OperatorToken
 
 from .sample import T0, device
 
 OPENERS = 4
+HEAD = "0002_registry"
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def test_opening_twice_keeps_data_and_stays_at_head(store_url: str, raw_engine: 
     with Store.open(store_url) as second:
         assert second.get_setting("first_start") == T0.isoformat()
     with raw_engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_heads() == ("0001_initial",)
+        assert MigrationContext.configure(conn).get_current_heads() == (HEAD,)
 
 
 def test_concurrent_opens_of_a_fresh_database_migrate_once(store_url: str, raw_engine: Engine) -> None:
@@ -51,7 +54,7 @@ def test_concurrent_opens_of_a_fresh_database_migrate_once(store_url: str, raw_e
         for future in [pool.submit(open_and_close) for _ in range(OPENERS)]:
             future.result(timeout=60)
     with raw_engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_heads() == ("0001_initial",)
+        assert MigrationContext.configure(conn).get_current_heads() == (HEAD,)
 
 
 def test_migrated_schema_matches_the_models(store: Store, raw_engine: Engine) -> None:
@@ -85,3 +88,21 @@ def test_naive_times_are_rejected_before_writing(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         store.create_operator_token("alice", "admin", "ab" * 32, T0.replace(tzinfo=None))
     assert store.list_operator_tokens() == []
+
+
+def test_a_database_at_0001_upgrades_to_head_and_keeps_its_data(store_url: str, raw_engine: Engine) -> None:
+    """A database created by the first release (0001 only) opens at head, with its rows intact and the
+    registry tables empty."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    with raw_engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001_initial")
+        assert MigrationContext.configure(conn).get_current_heads() == ("0001_initial",)
+        conn.execute(insert(OperatorToken).values(name="alice", role="admin", token_sha256="a1" * 32, created_at=T0))
+    with Store.open(store_url) as store:
+        assert store.find_operator_token("a1" * 32) == OperatorTokenRow("alice", "admin", "a1" * 32, T0, None)
+        assert store.list_publisher_keys() == [] and store.list_builds() == []
+    with raw_engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_heads() == (HEAD,)

@@ -1,0 +1,285 @@
+"""`edgefleet models`: push signed bundles, list and show published builds.
+
+`push` reads a bundle directory (manifest.json and the files), signs the manifest with
+the operator's publisher key, uploads only the files the server does not hold yet, then
+publishes. Pushing the same bundle again uploads nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from google.protobuf import json_format
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from controlplane.cli import output
+from controlplane.cli.connection import RPC_TIMEOUT_SECONDS, admin, resolve
+from controlplane.cli.errors import CliError
+from controlplane.cli.options import CaOpt, JsonOpt, ServerOpt, TokenOpt
+from protos.bundle_io import load_private_key, read_bundle_dir
+from protos.bundles import BundleError, key_id, raw_public_key, sign_manifest
+from protos.edgefleet.v1 import admin_pb2, admin_pb2_grpc, bundle_pb2
+from protos.limits import MAX_ARTIFACT_CHUNK_BYTES
+
+app = typer.Typer(help="Model bundles: push signed builds, list and show them.", no_args_is_help=True)
+
+# An upload may take RPC_TIMEOUT_SECONDS plus the time its bytes need at this rate, no longer.
+MIN_UPLOAD_BYTES_PER_SECOND = 256 * 1024
+Metadata = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    build: admin_pb2.ModelBuild
+    uploaded: list[str]  # bundle paths whose bytes were sent
+    already_present: list[str]  # bundle paths the server held already
+
+
+def push_bundle(
+    stub: admin_pb2_grpc.AdminStub,
+    meta: Metadata,
+    bundle_dir: Path,
+    key_file: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> PushResult:
+    """Sign the bundle in ``bundle_dir`` with ``key_file``, upload the missing blobs, publish.
+
+    ``on_start`` gets the number of bytes to upload, ``progress`` each chunk's size.
+
+    Raises:
+        BundleError: the directory, manifest or key is refused locally (nothing is sent).
+        CliError: the key is not registered on the server (nothing is sent).
+        grpc.RpcError: the server refused a blob or the bundle.
+    """
+    manifest, files = read_bundle_dir(bundle_dir)
+    private_key = load_private_key(key_file)
+    signer = key_id(raw_public_key(private_key))
+    registered = stub.ListPublisherKeys(
+        admin_pb2.ListPublisherKeysRequest(), metadata=meta, timeout=RPC_TIMEOUT_SECONDS
+    ).keys
+    if signer not in {k.key_id for k in registered}:
+        # The server would refuse too, but only after every file was uploaded.
+        raise CliError(
+            f"publisher key {signer} is not registered on this control plane; register it first: "
+            f"edgefleet keys register {key_file}.pub --name NAME"
+        )
+    signed = sign_manifest(manifest, private_key)
+    by_sha = {f.sha256: f for f in manifest.files}
+    present = set(
+        stub.StatBlobs(
+            admin_pb2.StatBlobsRequest(sha256=list(by_sha)), metadata=meta, timeout=RPC_TIMEOUT_SECONDS
+        ).present
+    )
+    missing = [f for sha, f in by_sha.items() if sha not in present]
+    if on_start is not None:
+        on_start(sum(f.size_bytes for f in missing))
+    sent: set[str] = set()
+    for f in missing:
+        ref = stub.UploadBlob(
+            _chunks(files[f.path], f, progress),
+            metadata=meta,
+            timeout=RPC_TIMEOUT_SECONDS + f.size_bytes / MIN_UPLOAD_BYTES_PER_SECOND,
+        )
+        if not ref.already_present:
+            sent.add(f.sha256)
+    build = stub.PublishBundle(
+        admin_pb2.PublishBundleRequest(signed_manifest=signed.SerializeToString()),
+        metadata=meta,
+        timeout=RPC_TIMEOUT_SECONDS,
+    )
+    uploaded = [f.path for f in manifest.files if f.sha256 in sent]
+    return PushResult(build, uploaded, [f.path for f in manifest.files if f.sha256 not in sent])
+
+
+def _chunks(
+    path: Path, entry: bundle_pb2.BundleFile, progress: Callable[[int], None] | None
+) -> Iterator[admin_pb2.BlobChunk]:
+    with path.open("rb") as f:
+        chunk = admin_pb2.BlobChunk(
+            sha256=entry.sha256, total_bytes=entry.size_bytes, data=f.read(MAX_ARTIFACT_CHUNK_BYTES)
+        )
+        while chunk.data:
+            yield chunk
+            if progress is not None:
+                progress(len(chunk.data))
+            chunk = admin_pb2.BlobChunk(data=f.read(MAX_ARTIFACT_CHUNK_BYTES))
+
+
+@app.command("push")
+def push(
+    bundle_dir: Annotated[Path, typer.Argument(help="Bundle directory: manifest.json and the files")],
+    key: Annotated[Path, typer.Option("--key", help="Publisher private key (from `edgefleet keys create`)")],
+    json: JsonOpt = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Sign a bundle directory, upload the files the server lacks, and publish the build.
+
+    The key must be registered first (`edgefleet keys register KEYFILE.pub --name NAME`).
+
+    Example: edgefleet models push ./kws-3-int8 --key ~/keys/release.key
+    """
+    console = output.stderr()
+    bar = Progress(
+        TextColumn("uploading"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    task = bar.add_task("upload", total=None)
+    with admin(resolve(server, token, ca)) as (stub, meta), bar:
+        try:
+            result = push_bundle(
+                stub,
+                meta,
+                bundle_dir,
+                key,
+                on_start=lambda total: bar.update(task, total=total),
+                progress=lambda n: bar.advance(task, n),
+            )
+        except BundleError as exc:
+            raise CliError(str(exc)) from exc
+    b = result.build
+    if json:
+        output.emit_json({**_build_dict(b), "uploaded": result.uploaded, "already_present": result.already_present})
+        return
+    count = len(result.uploaded) + len(result.already_present)
+    print(
+        f"published {b.ref.name}:{b.ref.version} {b.ref.variant} ({human_size(b.total_bytes)}; "
+        f"uploaded {len(result.uploaded)} of {count} files)"
+    )
+
+
+@app.command("list")
+def list_models(
+    name: Annotated[str | None, typer.Option("--name", help="Only builds of this model")] = None,
+    json: JsonOpt = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """List published builds, newest version first.
+
+    Example: edgefleet models list --json
+    """
+    with admin(resolve(server, token, ca)) as (stub, meta):
+        response = stub.ListModels(
+            admin_pb2.ListModelsRequest(name=name or ""), metadata=meta, timeout=RPC_TIMEOUT_SECONDS
+        )
+    if json:
+        output.emit_json([_build_dict(b) for b in response.builds])
+        return
+    rows = [
+        [
+            b.ref.name,
+            str(b.ref.version),
+            b.ref.variant,
+            b.task,
+            human_size(b.total_bytes),
+            output.local_time(b.published_at, b.HasField("published_at")),
+        ]
+        for b in response.builds
+    ]
+    output.stdout().print(output.table(None, ["MODEL", "VERSION", "VARIANT", "TASK", "SIZE", "PUBLISHED"], rows))
+    if not rows and not name:
+        output.stderr().print("no models yet: publish one with `edgefleet models push BUNDLE_DIR --key KEYFILE`")
+
+
+@app.command("show")
+def show(
+    model: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (default: the latest version)")],
+    json: JsonOpt = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Show one version of a model: each variant with its files and metrics.
+
+    Example: edgefleet models show kws:3
+    """
+    name, version = parse_model_ref(model)
+    with admin(resolve(server, token, ca)) as (stub, meta):
+        response = stub.GetModel(
+            admin_pb2.GetModelRequest(name=name, version=version), metadata=meta, timeout=RPC_TIMEOUT_SECONDS
+        )
+    builds = [(b, bundle_pb2.BundleManifest.FromString(b.manifest)) for b in response.builds]
+    if json:
+        output.emit_json([{**_build_dict(b), "manifest": output.message_dict(m)} for b, m in builds])
+        return
+    console = output.stdout()
+    for b, m in builds:
+        rows = [
+            ["task", b.task],
+            ["size", human_size(b.total_bytes)],
+            ["published", output.local_time(b.published_at, b.HasField("published_at"))],
+            ["publisher key", b.publisher_key_id],
+            ["manifest sha256", b.ref.manifest_sha256],
+            ["model file", m.model_file],
+            ["description", m.description or "-"],
+            ["source model", m.source_model or "-"],
+            ["golden cases", str(len(m.golden))],
+        ]
+        rows += _metric_rows(m.metrics)
+        console.print(output.table(f"{b.ref.name}:{b.ref.version} {b.ref.variant}", ["FIELD", "VALUE"], rows))
+        files = [[f.path, f.role or "-", human_size(f.size_bytes), f.sha256] for f in m.files]
+        console.print(output.table(None, ["FILE", "ROLE", "SIZE", "SHA256"], files))
+
+
+def _metric_rows(metrics: bundle_pb2.BuildMetrics) -> list[list[str]]:
+    rows = [[f"metric {key}", f"{value:g}"] for key, value in sorted(metrics.overall.items())]
+    if metrics.latency_p50_ms or metrics.latency_p95_ms:
+        measured = f" on {metrics.measured_on_cpu}" if metrics.measured_on_cpu else ""
+        rows.append(["latency p50/p95", f"{metrics.latency_p50_ms:g} / {metrics.latency_p95_ms:g} ms{measured}"])
+    if metrics.load_time_ms:
+        rows.append(["load time", f"{metrics.load_time_ms:g} ms"])
+    if metrics.peak_rss_bytes:
+        rows.append(["peak RSS", human_size(metrics.peak_rss_bytes)])
+    if metrics.eval_set:
+        rows.append(["eval set", metrics.eval_set])
+    if metrics.slices:
+        rows.append(["slices", f"{len(metrics.slices)} (max gap {metrics.max_slice_gap:g})"])
+    return rows
+
+
+def _build_dict(b: admin_pb2.ModelBuild) -> dict:
+    """JSON for a build: flat, with integers as numbers."""
+    return {
+        "name": b.ref.name,
+        "version": b.ref.version,
+        "variant": b.ref.variant,
+        "task": b.task,
+        "total_bytes": b.total_bytes,
+        "published_at": json_format.MessageToDict(b.published_at) if b.HasField("published_at") else None,
+        "publisher_key_id": b.publisher_key_id,
+        "manifest_sha256": b.ref.manifest_sha256,
+    }
+
+
+def parse_model_ref(text: str) -> tuple[str, int]:
+    """'kws' → ('kws', 0) (0: the latest), 'kws:3' → ('kws', 3). Raises CliError."""
+    name, sep, version = text.partition(":")
+    if not sep:
+        return name, 0
+    if not version.isdigit() or int(version) < 1:
+        raise CliError(f"{text!r} is not NAME or NAME:VERSION with a version of 1 or more")
+    return name, int(version)
+
+
+def human_size(value: int) -> str:
+    """Bytes for people: '512 B', '3.2 KiB', '12.0 MiB', '1.5 GiB'."""
+    if value < 1024:
+        return f"{value} B"
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"
