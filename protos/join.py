@@ -40,17 +40,17 @@ class JoinString:
     publisher_key_ids: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        match = _HOSTPORT.match(self.server)
+        match = _HOSTPORT.fullmatch(self.server)
         if not match or not 0 < int(match.group(2)) < 65536:
             raise JoinStringError(f"join string: server address {self.server!r} is not host:port")
-        if not _HEX64.match(self.ca_sha256):
+        if not _HEX64.fullmatch(self.ca_sha256):
             raise JoinStringError("join string: CA fingerprint must be 64 lowercase hex characters")
-        if not _TOKEN_ID.match(self.token_id):
+        if not _TOKEN_ID.fullmatch(self.token_id):
             raise JoinStringError("join string: token id is malformed")
-        if not _SECRET.match(self.secret):
+        if not _SECRET.fullmatch(self.secret):
             raise JoinStringError("join string: secret is malformed")
         for key_id in self.publisher_key_ids:
-            if not _HEX64.match(key_id):
+            if not _HEX64.fullmatch(key_id):
                 raise JoinStringError(f"join string: publisher key id {key_id!r} is not a sha256 hex digest")
 
     @property

@@ -33,7 +33,7 @@ MAX_LABEL_VALUE = 128
 
 def check_name(kind: str, value: str) -> str:
     """Return value if it is a valid device id / fleet name, else raise ValueError."""
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise ValueError(
             f"{kind} {value!r} is invalid: use 1-63 characters a-z, 0-9, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -46,7 +46,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         raise ValueError(f"too many labels ({len(labels)} > {MAX_LABELS})")
     for key, value in labels.items():
-        if not LABEL_KEY_PATTERN.match(key):
+        if not LABEL_KEY_PATTERN.fullmatch(key):
             raise ValueError(f"label key {key!r} is invalid: use a-z, 0-9, '.', '_', '/', '-' (max 63)")
         if len(value) > MAX_LABEL_VALUE or not value.isprintable():
             raise ValueError(f"label {key!r} has an invalid value (printable, at most {MAX_LABEL_VALUE} chars)")

@@ -54,3 +54,12 @@ def test_malformed_join_strings_are_refused_with_a_reason(text, message):
 def test_arbitrary_text_either_parses_or_raises_join_string_error(text):
     with contextlib.suppress(JoinStringError):
         parse_join_string(PREFIX + text)
+
+
+def test_trailing_newline_does_not_sneak_through_a_pattern():
+    from protos.limits import check_name
+
+    with pytest.raises(ValueError, match="invalid"):
+        check_name("fleet", "lab\n")
+    with pytest.raises(JoinStringError, match="fingerprint"):
+        JoinString(GOOD.server, GOOD.ca_sha256 + "\n", GOOD.token_id, GOOD.secret)
