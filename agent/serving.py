@@ -30,19 +30,26 @@ MAX_LOCKS = 64
 MAX_LOCK_TTL_SECONDS = 3600
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoadedModel:
     task: str
     ref: common_pb2.ModelRef
     manifest: bundle_pb2.BundleManifest
     directory: Path
     session: object  # onnxruntime.InferenceSession
+    recent_latency_ms: float = float("inf")  # unknown until the first run: assume slow
+    output_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
 
     def run(self, feeds: dict) -> tuple[list, float]:
         """Run the model; returns (outputs, latency in ms)."""
         started = time.perf_counter()
         outputs = self.session.run(None, feeds)
-        return outputs, (time.perf_counter() - started) * 1000
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.recent_latency_ms = latency_ms
+        return outputs, latency_ms
 
 
 def load_session(model_path: Path, threads: int) -> object:

@@ -1,0 +1,201 @@
+"""Local-API serving overhead and memory, measured side by side in one run.
+
+What it measures, for the same ONNX model and the same input:
+- bare: ``InferenceSession.run`` in this process, p50 and p99 over N calls;
+- local API: a unary ``Infer`` over the agent's unix socket (grpc), served by the
+  agent's own serving code (``agent.serving.Serving`` + ``agent.local_api``) in a
+  separate process, p50 and p99 over N calls from this process;
+- RSS of that serving process with the model active, vs a bare Python process that
+  imports onnxruntime and loads the same model.
+
+Goals (issue "ship a model"): overhead ≤ 15% or ≤ 0.3 ms, whichever is larger; RSS ≤ 1.3×.
+
+Rerun: ``.venv/bin/python scripts/bench/serving.py [--calls 2000] [--hidden 1024]``.
+The model is an MLP built here (input 1×256, two hidden layers of --hidden units).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+SERVE = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from agent.local_api import LocalInferenceService, start_local_api
+    from agent.serving import Serving
+    from protos.edgefleet.v1 import common_pb2
+    data_dir, build = Path(sys.argv[1]), Path(sys.argv[2])
+    async def main():
+        serving = Serving(data_dir, threads=1)
+        serving.activate("generic", common_pb2.ModelRef(name="mlp", version=1, variant="fp32"), build,
+                         (build / "manifest.pb").read_bytes())
+        server, _ = await start_local_api(LocalInferenceService(serving, device_id="bench"), data_dir)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+    asyncio.run(main())
+    """
+)
+
+BARE = textwrap.dedent(
+    """
+    import sys, onnxruntime as ort, numpy as np
+    options = ort.SessionOptions(); options.intra_op_num_threads = 1; options.inter_op_num_threads = 1
+    session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.zeros((1, 256), np.float32)})
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def build_model(path: Path, hidden: int) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    dims = [256, hidden, hidden, 16]
+    nodes, inits, current = [], [], "x"
+    for i in range(3):
+        w = numpy_helper.from_array(rng.standard_normal((dims[i], dims[i + 1])).astype(np.float32) * 0.05, f"w{i}")
+        b = numpy_helper.from_array(np.zeros(dims[i + 1], np.float32), f"b{i}")
+        inits += [w, b]
+        out = "y" if i == 2 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [f"g{i}" if i < 2 else out]))
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
+        current = out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def start(code: str, *args: str) -> subprocess.Popen:
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    line = child.stdout.readline()
+    if line.strip() != "ready":
+        child.kill()
+        raise SystemExit(f"child did not start: {line!r}")
+    return child
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--json-out", type=Path)
+    opts = parser.parse_args()
+
+    import grpc
+    import onnxruntime as ort
+
+    from protos.edgefleet.v1 import bundle_pb2, inference_pb2, inference_pb2_grpc
+    from protos.tensors import from_numpy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        build = tmp_path / "build"
+        build.mkdir()
+        build_model(build / "model.onnx", opts.hidden)
+        manifest = bundle_pb2.BundleManifest(name="mlp", version=1, variant="fp32", model_file="model.onnx")
+        (build / "manifest.pb").write_bytes(manifest.SerializeToString())
+        x = np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(build / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        agent = start(SERVE, str(tmp_path), str(build))
+        bare_proc = start(BARE, str(build / "model.onnx"))
+        try:
+            channel = grpc.insecure_channel(f"unix://{tmp_path / 'inference.sock'}")
+            stub = inference_pb2_grpc.LocalInferenceStub(channel)
+            request = inference_pb2.InferRequest(task="generic", inputs=[from_numpy("x", x)])
+            for _ in range(50):
+                session.run(None, {"x": x})
+                stub.Infer(request, timeout=10)
+            bare, api = [], []
+            for _ in range(opts.calls):  # interleaved, so machine noise hits both alike
+                started = time.perf_counter()
+                session.run(None, {"x": x})
+                bare.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                stub.Infer(request, timeout=10)
+                api.append((time.perf_counter() - started) * 1000)
+            channel.close()
+            agent_rss, bare_rss = rss_bytes(agent.pid), rss_bytes(bare_proc.pid)
+        finally:
+            agent.kill()
+            bare_proc.kill()
+            agent.wait()
+            bare_proc.wait()
+
+    (bare50, bare99), (api50, api99) = percentiles(bare), percentiles(api)
+    result = {
+        "model": f"MLP 256-{opts.hidden}-{opts.hidden}-16 fp32, 1 thread",
+        "calls": opts.calls,
+        "bare_p50_ms": bare50,
+        "bare_p99_ms": bare99,
+        "local_api_p50_ms": api50,
+        "local_api_p99_ms": api99,
+        "overhead_p50_ms": api50 - bare50,
+        "overhead_p50_ratio": api50 / bare50 - 1,
+        "overhead_p99_ms": api99 - bare99,
+        "agent_rss_bytes": agent_rss,
+        "bare_rss_bytes": bare_rss,
+        "rss_ratio": agent_rss / bare_rss,
+        "machine": f"{os.cpu_count()} cores",
+    }
+    goal = max(0.15 * bare50, 0.3)
+    print(f"model                 {result['model']}, {opts.calls} calls interleaved")
+    print(f"bare session.run      p50 {bare50:.3f} ms  p99 {bare99:.3f} ms")
+    print(f"local API (unix gRPC) p50 {api50:.3f} ms  p99 {api99:.3f} ms")
+    print(
+        f"overhead              p50 +{api50 - bare50:.3f} ms ({(api50 / bare50 - 1) * 100:.0f}%), "
+        f"p99 +{api99 - bare99:.3f} ms; goal <= {goal:.3f} ms: {'met' if api50 - bare50 <= goal else 'NOT met'}"
+    )
+    print(
+        f"RSS                   serving process {agent_rss / 2**20:.1f} MiB vs bare {bare_rss / 2**20:.1f} MiB "
+        f"= {agent_rss / bare_rss:.2f}x; goal <= 1.3x: {'met' if agent_rss / bare_rss <= 1.3 else 'NOT met'}"
+    )
+    print(json.dumps(result))
+    if opts.json_out:
+        opts.json_out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
