@@ -26,6 +26,8 @@ log = logging.getLogger("edgefleet.agent.local_api")
 
 SOCKET_NAME = "inference.sock"
 INLINE_BELOW_MS = 1.0
+MAX_TEXT_BYTES = 4096
+MAX_AUDIO_BYTES = 8 * 1024 * 1024
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 # Called after every inference with (loaded model, latency ms, ok, confidence or None, input size).
@@ -67,6 +69,22 @@ class LocalInferenceService(inference_pb2_grpc.LocalInferenceServicer):
             outputs=[from_numpy(name, value) for name, value in zip(names, outputs, strict=True)],
             served_by=inference_pb2.ServedBy(model=loaded.ref, latency_ms=latency_ms),
         )
+
+    async def Understand(self, request, context):  # noqa: N802
+        await self._task_pipeline(context, "text-nlu", len(request.text.encode()), MAX_TEXT_BYTES)
+
+    async def Recognize(self, request, context):  # noqa: N802
+        await self._task_pipeline(context, "speech-command", len(request.wav), MAX_AUDIO_BYTES)
+
+    async def _task_pipeline(self, context, task: str, size: int, limit: int) -> None:
+        if size > limit:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"input of {size} bytes is over the {limit} limit")
+        if self.serving.current(task) is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no active {task} model on this device: deploy one with `edgefleet deploy NAME:VERSION`",
+            )
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"the {task} pipeline is not in this agent version")
 
     async def AcquireActivationLock(self, request, context):  # noqa: N802
         try:

@@ -76,6 +76,8 @@ class Session:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         on_desired: Callable[[agent_pb2.DesiredState], None] | None = None,
+        on_message: Callable[[agent_pb2.ControlMessage], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.identity = identity
         self.boot_id = secrets.token_hex(8)
@@ -87,12 +89,28 @@ class Session:
         self._connect_timeout = connect_timeout_seconds
         self._backoff = BackoffTimer(backoff or Backoff(), rng=rng or random.Random())
         self._on_desired = on_desired
+        self._on_message = on_message
+        self._on_connected = on_connected
+        # Messages other parts of the agent send (status reports, telemetry). Only sent
+        # while a session is open; whoever needs durability keeps its own copy (outbox).
+        self._outbound: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue(maxsize=1024)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # set on stop and when the heartbeat interval changes
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+    def send(self, message: agent_pb2.AgentMessage) -> bool:
+        """Queue a message for the open session; False (dropped) when none is open or the queue is full."""
+        if not self.state.connected:
+            return False
+        try:
+            self._outbound.put_nowait(message)
+        except asyncio.QueueFull:
+            return False
+        self._wake.set()
+        return True
 
     async def run(self) -> None:
         """Keep a session open until stop() or a fatal refusal (raises SessionEnded)."""
@@ -112,6 +130,8 @@ class Session:
                 log.warning("session lost: %r", exc)
             finally:
                 self.state.connected = False
+                while not self._outbound.empty():  # unsent: the senders resend from their own state
+                    self._outbound.get_nowait()
             if self._stop.is_set():
                 break
             delay = self._backoff.next_delay()
@@ -156,6 +176,8 @@ class Session:
                     self._interval = interval
                     self._wake.set()
                 log.info("session open as %s in fleet %s", message.welcome.device_id, message.welcome.fleet)
+                if self._on_connected is not None:
+                    self._on_connected()
             elif kind == "desired":
                 self.state.desired = message.desired
                 if self._on_desired is not None:
@@ -166,7 +188,9 @@ class Session:
                     self.state.fatal = f"revoked: {message.disconnect.reason}"
                     raise SessionEnded(f"this device was revoked: {message.disconnect.reason}")
                 return
-            # Messages of kinds this agent does not know are ignored (forward compatibility).
+            elif self._on_message is not None:
+                self._on_message(message)  # telemetry acks, jobs
+            # Messages of kinds nobody handles are ignored (forward compatibility).
 
     async def _outgoing(self) -> AsyncIterator[agent_pb2.AgentMessage]:
         yield agent_pb2.AgentMessage(
@@ -192,8 +216,10 @@ class Session:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_beat - loop.time()))
             if self._stop.is_set():
                 return
-            if self._wake.is_set():  # the interval changed: re-plan from the last heartbeat
+            if self._wake.is_set():  # queued messages, or the interval changed: re-plan
                 self._wake.clear()
+                while not self._outbound.empty():
+                    yield self._outbound.get_nowait()
                 continue
             last_beat = next_beat
             if loop.time() >= next_facts:

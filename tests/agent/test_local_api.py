@@ -90,3 +90,26 @@ def test_activation_locks_are_leases_that_expire():
     assert locks.release(other) and locks.held(now=201.0) == 0
     with pytest.raises(ValueError, match="ttl_seconds"):
         locks.acquire("app", 0, now=0.0)
+
+
+def test_task_calls_without_an_active_model_say_what_to_deploy(tmp_path):
+    serving = Serving(tmp_path, threads=1)
+
+    async def scenario():
+        server, _ = await start_local_api(LocalInferenceService(serving, device_id="gw-1"), tmp_path)
+        try:
+            async with grpc.aio.insecure_channel(f"unix://{socket_path(tmp_path)}") as channel:
+                stub = inference_pb2_grpc.LocalInferenceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as text:
+                    await stub.Understand(inference_pb2.UnderstandRequest(text="play jazz"), timeout=10)
+                with pytest.raises(grpc.aio.AioRpcError) as huge:
+                    await stub.Understand(inference_pb2.UnderstandRequest(text="x" * 5000), timeout=10)
+                status = await stub.GetStatus(inference_pb2.GetStatusRequest(), timeout=10)
+            return text.value, huge.value, status
+        finally:
+            await server.stop(None)
+
+    text, huge, status = asyncio.run(scenario())
+    assert text.code() == grpc.StatusCode.FAILED_PRECONDITION and "no active text-nlu model" in text.details()
+    assert huge.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert status.device_id == "gw-1" and list(status.active) == [] and status.activation_locks == 0
