@@ -7,6 +7,7 @@
     ├── NotFoundError         the named thing does not exist (NOT_FOUND)
     ├── AlreadyExistsError    the name is taken (ALREADY_EXISTS)
     ├── PreconditionFailed    valid request, wrong state (FAILED_PRECONDITION)
+    ├── OutOfRange            an offset past the end of the data (OUT_OF_RANGE)
     └── DataDirError          the server cannot use its data dir; it cannot start
 
 Store errors (controlplane.store.errors) are mapped to these status codes in
@@ -45,4 +46,8 @@ class PreconditionFailed(ControlPlaneError):
 
 
 class DataDirError(ControlPlaneError):
+    pass
+
+
+class OutOfRange(ControlPlaneError):
     pass

@@ -22,6 +22,7 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     errors.PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     errors.DataDirError: grpc.StatusCode.INTERNAL,
     store_errors.NotFound: grpc.StatusCode.NOT_FOUND,
     store_errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,

@@ -16,7 +16,10 @@ if "--debug" not in sys.argv:
 import typer  # noqa: E402
 
 from agent.cli import AgentExit, agent  # noqa: E402
+from agent.infer_cli import InferError  # noqa: E402
+from agent.infer_cli import app as infer_app  # noqa: E402
 from controlplane.cli import devices, keys, models, operators, tokens  # noqa: E402
+from controlplane.cli.deploy import deploy  # noqa: E402
 from controlplane.cli.errors import CliError  # noqa: E402
 from controlplane.cli.server_cmd import server  # noqa: E402
 
@@ -32,6 +35,8 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(operators.app, name="operators")
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")
+app.add_typer(infer_app, name="infer")
+app.command("deploy")(deploy)
 app.command("server")(server)
 app.command("agent")(agent)
 
@@ -59,7 +64,7 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _fail(str(exc.code), 1))
-    except CliError as exc:
+    except (CliError, InferError) as exc:
         if debug:
             raise
         return _fail(str(exc), 2)

@@ -1,5 +1,5 @@
-"""The operator API: tokens, devices, publisher keys, blobs and model builds (and, as they
-land, classes, deployments, rollouts and telemetry queries).
+"""The operator API: tokens, devices, publisher keys, blobs, model builds and direct deployments
+(and, as they land, classes, rollouts and telemetry queries).
 
 Every call authenticates the bearer token and checks its role before it
 reads or changes anything. Methods of the contract that this server does not
@@ -28,6 +28,7 @@ from controlplane.errors import InvalidRequest, NotFoundError, PreconditionFaile
 from controlplane.fleet import device_message, is_online, timestamp
 from controlplane.grpc_errors import handle_errors
 from controlplane.services.context import Services
+from controlplane.services.desired import push_desired
 from protos.bundles import (
     MAX_SIGNATURES,
     MAX_VERSION,
@@ -304,6 +305,84 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 raise NotFoundError(f"model {request.name!r} has no published builds")
             raise NotFoundError(f"model {request.name!r} has no version {request.version} (the latest is {latest})")
         return admin_pb2.GetModelResponse(builds=[_model_build(r, with_manifest=True) for r in rows])
+
+    # --- deployments ---
+
+    @handle_errors
+    async def Deploy(self, request, context):  # noqa: N802
+        """Make one build the desired model of its task on one device or a whole fleet, and tell
+        the devices that are online at once (the others get it after their next Welcome)."""
+        caller = await self.caller(context, Role.OPERATOR, "deploying models")
+        s = self.s
+        check_name("model name", request.name)
+        if request.version > MAX_VERSION:
+            raise InvalidRequest(f"version must be at most {MAX_VERSION}")
+        if bool(request.device_id) == bool(request.fleet):
+            raise InvalidRequest("name exactly one target: a device id or a fleet")
+        build = await self._resolve_build(request.name, request.version, request.variant)
+        if request.device_id:
+            device = await s.db(s.store.get_device, request.device_id)
+            if device is None or device.revoked_at is not None:
+                raise NotFoundError(f"device {request.device_id!r} is not enrolled (or was revoked)")
+            targets = [device.device_id]
+        else:
+            check_name("fleet", request.fleet)
+            rows = await s.db(s.store.list_devices, request.fleet)
+            targets = [r.device_id for r in rows if r.revoked_at is None]
+            if not targets:
+                raise PreconditionFailed(f"fleet {request.fleet!r} has no enrolled devices; nothing was deployed")
+        generations = await s.db(
+            s.store.set_desired,
+            targets,
+            task=build.task,
+            name=build.name,
+            version=build.version,
+            variant=build.variant,
+            manifest_sha256=build.manifest_sha256,
+            max_bytes=build.total_bytes,
+            rollback=None,
+            now=s.clock(),
+        )
+        sent = await push_desired(s, targets)
+        log.info(
+            "%s deployed %s:%d %s to %d device(s)", caller.name, build.name, build.version, build.variant, len(targets)
+        )
+        ref = common_pb2.ModelRef(
+            name=build.name, version=build.version, variant=build.variant, manifest_sha256=build.manifest_sha256
+        )
+        return admin_pb2.DeployResponse(
+            assignments=[
+                admin_pb2.DeviceAssignment(
+                    device_id=device_id,
+                    model=ref,
+                    generation=generations[device_id],
+                    reason="sent" if device_id in sent else "offline: sent when it connects",
+                )
+                for device_id in targets
+            ]
+        )
+
+    async def _resolve_build(self, name: str, version: int, variant: str):
+        """The build NAME:VERSION[:VARIANT] names (version 0: the latest). Raises NotFoundError or InvalidRequest."""
+        s = self.s
+        rows = await s.db(s.store.get_builds, name, version or None)
+        if not rows:
+            latest = await s.db(s.store.latest_version, name)
+            if latest is None:
+                raise NotFoundError(f"model {name!r} has no published builds")
+            raise NotFoundError(f"model {name!r} has no version {version} (the latest is {latest})")
+        if not variant:
+            if len(rows) == 1:
+                return rows[0]
+            variants = ", ".join(r.variant for r in rows)
+            raise InvalidRequest(
+                f"model {name}:{rows[0].version} has variants {variants}: name one (NAME:VERSION:VARIANT)"
+            )
+        for row in rows:
+            if row.variant == variant:
+                return row
+        variants = ", ".join(r.variant for r in rows)
+        raise NotFoundError(f"model {name}:{rows[0].version} has no variant {variant!r} (it has {variants})")
 
 
 def _check_chunk(chunk: admin_pb2.BlobChunk, first: admin_pb2.BlobChunk) -> None:

@@ -9,6 +9,9 @@ Invariants:
 - A device has at most one current session; a newer one replaces the older.
 - A session that misses heartbeats for ``offline_after`` is closed by the
   server, so half-open connections do not look online.
+- Right after Welcome a device with desired rows gets its whole DesiredState.
+- FetchManifest and FetchArtifact serve only builds in the caller's own desired
+  state (see ``services.desired``); file reads run in worker threads.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ import logging
 import grpc
 
 from controlplane.auth import peer_certificate
-from controlplane.errors import InvalidRequest, PermissionDenied, Unauthenticated
+from controlplane.blobs import BlobError, check_sha256
+from controlplane.errors import InvalidRequest, OutOfRange, PermissionDenied, Unauthenticated
 from controlplane.fleet import facts_to_dict, timestamp, validate_facts
-from controlplane.grpc_errors import status_for
+from controlplane.grpc_errors import handle_errors, status_for
 from controlplane.presence import SessionHandle
 from controlplane.services.context import Services
+from controlplane.services.desired import allowed_blob_size, desired_build, desired_message
 from controlplane.store import errors as store_errors
 from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc
-from protos.limits import PROTOCOL_VERSION
+from protos.limits import MAX_ARTIFACT_CHUNK_BYTES, PROTOCOL_VERSION
 
 log = logging.getLogger("edgefleet.server.gateway")
+
+DEFAULT_CHUNK_BYTES = 256 * 1024
 
 
 class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
@@ -87,6 +94,11 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
             server_time=timestamp(now),
         )
         await context.write(agent_pb2.ControlMessage(welcome=welcome))
+        # Read after presence.open: a deploy racing with this session either finds the handle or
+        # wrote before this read; either way the device ends up with the newest generation.
+        generation, desired = await s.db(s.store.get_desired, device.device_id)
+        if desired:
+            await context.write(desired_message(generation, desired, s))
         reader = asyncio.ensure_future(self._read(device.device_id, messages, handle))
         try:
             await self._write(context, handle, reader)
@@ -100,6 +112,43 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
                 await asyncio.shield(s.db(s.store.mark_disconnected, device.device_id, s.clock()))
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             raise reader.exception()
+
+    @handle_errors
+    async def FetchManifest(self, request, context):  # noqa: N802
+        """The signed manifest of a build in the caller's desired state, and every publisher key the server knows."""
+        device = await self.authenticate(context)
+        build = await desired_build(self.s, device.device_id, request.model)
+        keys = await self.s.db(self.s.store.list_publisher_keys)
+        return agent_pb2.FetchManifestResponse(
+            signed_manifest=build.signatures, publisher_keys=[k.raw_public_key for k in keys]
+        )
+
+    async def FetchArtifact(self, request, context):  # noqa: N802
+        """Stream a blob listed by a build in the caller's desired state, from ``request.offset``."""
+        s = self.s
+        try:
+            device = await self.authenticate(context)
+            sha256 = check_sha256(request.sha256)
+            size = await allowed_blob_size(s, device.device_id, sha256)
+            if request.offset > size:
+                raise OutOfRange(f"offset {request.offset} is past the end of blob {sha256} ({size} bytes)")
+            handle = await s.db(s.blobs.open_at, sha256, request.offset)
+        except (Unauthenticated, PermissionDenied, OutOfRange, store_errors.StoreError, BlobError, ValueError) as exc:
+            log.info("artifact fetch refused: %s", exc)
+            code = grpc.StatusCode.INVALID_ARGUMENT if type(exc) is ValueError else status_for(exc)
+            await context.abort(code, str(exc))
+            return
+        chunk_bytes = min(request.chunk_bytes or DEFAULT_CHUNK_BYTES, MAX_ARTIFACT_CHUNK_BYTES)
+        offset = request.offset
+        try:
+            while offset < size:
+                data = await s.db(handle.read, min(chunk_bytes, size - offset))
+                if not data:
+                    break
+                yield agent_pb2.ArtifactChunk(offset=offset, data=data, total_bytes=size)
+                offset += len(data)
+        finally:
+            handle.close()
 
     async def _write(self, context, handle: SessionHandle, reader: asyncio.Task) -> None:
         """Send queued control messages until the reader ends or the session is closed."""

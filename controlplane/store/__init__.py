@@ -7,6 +7,7 @@ for the invariants and ``errors.py`` for what each error asks of the caller.
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, StoreError, StoreUnavailable
 from controlplane.store.rows import (
     OPERATOR_ROLES,
+    DesiredRow,
     DeviceRow,
     JoinTokenRow,
     ModelBuildRow,
@@ -19,6 +20,7 @@ __all__ = [
     "OPERATOR_ROLES",
     "AlreadyExists",
     "Conflict",
+    "DesiredRow",
     "DeviceRow",
     "JoinTokenRow",
     "ModelBuildRow",

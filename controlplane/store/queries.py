@@ -68,3 +68,9 @@ def insert_setting(conn: Connection, key: str, value: str) -> Any:
     """The backend's own INSERT into settings, which has the ON CONFLICT clauses both backends share."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     return dialect_insert(Setting).values(key=key, value=value)
+
+
+def insert_values(conn: Connection, table: Any, values: dict[str, Any]) -> Any:
+    """The backend's own INSERT into ``table``, which has the ON CONFLICT clauses both backends share."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return dialect_insert(table).values(**values)

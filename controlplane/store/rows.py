@@ -112,3 +112,19 @@ class ModelBuildRow:
     total_bytes: int
     publisher_key_id: str
     published_at: datetime
+
+
+@dataclass(frozen=True)
+class DesiredRow:
+    """The build one device should run in one task slot (``max_bytes``: the build's total size)."""
+
+    device_id: str
+    task: str
+    name: str
+    version: int
+    variant: str
+    manifest_sha256: str
+    max_bytes: int
+    rollback: bool
+    generation: int
+    updated_at: datetime

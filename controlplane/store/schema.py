@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, LargeBinary, MetaData, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -159,3 +159,21 @@ class ModelBuild(Base):
     total_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     publisher_key_id: Mapped[str] = mapped_column(ForeignKey("publisher_keys.key_id"), nullable=False)
     published_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class DesiredModel(Base):
+    """The build a device should run in one task slot; ``generation`` is the device's desired-state
+    generation when this row last changed."""
+
+    __tablename__ = "desired_models"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    task: Mapped[str] = mapped_column(String, primary_key=True)
+    name: Mapped[str] = mapped_column(String, nullable=False)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    variant: Mapped[str] = mapped_column(String, nullable=False)
+    manifest_sha256: Mapped[str] = mapped_column(String, nullable=False)
+    max_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    rollback: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -1,5 +1,6 @@
 """The control plane's persistent store: operator tokens, join tokens, devices, settings and, through
-``registry.RegistryStore``, publisher keys and model builds.
+``registry.RegistryStore``, publisher keys and model builds and, through ``desired.DesiredStore``,
+the desired state of each device.
 
 A synchronous API over one SQLAlchemy engine (SQLite or PostgreSQL); asyncio callers run
 each call in a worker thread (the server's store executor). The engine is thread-safe, so one ``Store``
@@ -42,6 +43,7 @@ from controlplane.store.database import (
     safe_url,
     unavailable,
 )
+from controlplane.store.desired import DesiredStore
 from controlplane.store.errors import AlreadyExists, NotFound
 from controlplane.store.queries import must, require_aware
 from controlplane.store.registry import RegistryStore
@@ -49,7 +51,7 @@ from controlplane.store.rows import OPERATOR_ROLES, DeviceRow, JoinTokenRow, Ope
 from controlplane.store.schema import Device, JoinToken, OperatorToken, Setting, UTCDateTime
 
 
-class Store(RegistryStore):
+class Store(RegistryStore, DesiredStore):
     """The control plane's database. Create it with ``Store.open``; ``close`` when done."""
 
     def __init__(self, engine: Engine) -> None:
