@@ -38,6 +38,9 @@ def agent(
         str | None,
         typer.Option("--simulate-facts", help='JSON object of facts to override, e.g. \'{"architecture": "aarch64"}\''),
     ] = None,
+    trust: Annotated[
+        list[Path] | None, typer.Option("--trust", help="Publisher public key (KEYFILE.pub) whose bundles to install")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")] = "info",
 ) -> None:
     """Run the agent: join with --join on first start, then keep the session to the control plane.
@@ -61,6 +64,7 @@ def agent(
             labels=parse_labels(labels) if labels is not None else None,
             heartbeat_interval_seconds=heartbeat_seconds,
             fact_overrides=overrides,
+            trusted_publisher_key_files=tuple(trust) if trust else None,
         )
         asyncio.run(run(cfg, join=join, device_id=device_id))
     except (AgentConfigError, JoinStringError) as exc:

@@ -90,6 +90,9 @@ class AgentConfig(BaseModel):
     # Field name -> value replacing a measured fact, to simulate a device class (see agent.facts).
     fact_overrides: dict[str, Any] = Field(default_factory=dict)
     onnx_threads: int = Field(0, ge=0, le=256)  # 0: onnxruntime's default
+    # PEM ed25519 public keys of the publishers whose bundles this device installs.
+    trusted_publisher_key_files: tuple[Path, ...] = ()
+    telemetry_flush_seconds: float = Field(10.0, ge=0.05, le=3600)
     model_memory_budget_bytes: int = Field(0, ge=0, le=2**64 - 1)  # 0: no budget
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     local_api_tcp_port: int | None = Field(None, ge=0, le=65535)  # None: unix socket only; 0: any free port
@@ -98,6 +101,13 @@ class AgentConfig(BaseModel):
     @classmethod
     def _path_from_text(cls, value: object) -> object:
         return Path(value) if isinstance(value, str) else value
+
+    @field_validator("trusted_publisher_key_files", mode="before")
+    @classmethod
+    def _paths_from_text(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return tuple(Path(v) if isinstance(v, str) else v for v in value)
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
+from agent.channel import secure_channel
 from agent.config import AgentConfig
 from agent.enroll import enroll
-from agent.errors import IdentityError
+from agent.errors import AgentConfigError, IdentityError
 from agent.facts import collect_facts
 from agent.identity import Identity, identity_dir, load_identity
+from agent.local_api import LocalInferenceService, start_local_api
+from agent.reconcile_shell import GatewaySource, ReconcileShell
+from agent.reconcile_state import InvalidDesiredState, status_report
+from agent.serving import Serving
 from agent.session import Session
+from agent.telemetry.pipeline import TelemetryPipeline
+from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc
 from protos.join import parse_join_string
 
 log = logging.getLogger("edgefleet.agent")
@@ -68,10 +76,55 @@ def default_device_id() -> str:
     return name[:63]
 
 
+def trusted_keys(config: AgentConfig, identity: Identity) -> dict[str, bytes]:
+    """Publisher keys this device trusts: pinned in its config (--trust) or handed over at join."""
+    from protos.bundle_io import load_public_key
+    from protos.bundles import BundleError, key_id
+
+    keys: dict[str, bytes] = {}
+    for path in config.trusted_publisher_key_files:
+        try:
+            raw = load_public_key(path)
+        except BundleError as exc:
+            raise AgentConfigError(f"--trust {path}: {exc}") from exc
+        keys[key_id(raw)] = raw
+    for hex_key in identity.trusted_publisher_keys:
+        raw = bytes.fromhex(hex_key)
+        keys[key_id(raw)] = raw
+    return keys
+
+
 async def run(config: AgentConfig, *, join: str | None = None, device_id: str | None = None) -> None:
-    """Run until SIGTERM/SIGINT. Raises SessionEnded when revoked or refused."""
+    """Run until SIGTERM/SIGINT. Raises SessionEnded when revoked or refused.
+
+    Start order matters for "nothing lost": the last active builds are loaded and
+    served on the local socket before the control plane is contacted, so a device
+    that boots offline still answers its apps.
+    """
     identity = await ensure_identity(config, join, device_id)
+    keys = trusted_keys(config, identity)
+    serving = Serving(config.data_dir, threads=config.onnx_threads)
+    for problem in await asyncio.to_thread(serving.restore):
+        log.warning("could not restore an active build: %s", problem)
+    stop = asyncio.Event()
     explicit = "heartbeat_interval_seconds" in config.model_fields_set
+    shell: ReconcileShell | None = None
+    telemetry: TelemetryPipeline | None = None
+
+    def on_desired(desired: agent_pb2.DesiredState) -> None:
+        try:
+            shell.submit_desired(desired)
+        except InvalidDesiredState as exc:
+            log.warning("desired state refused: %s", exc)
+
+    def on_message(message: agent_pb2.ControlMessage) -> None:
+        if message.WhichOneof("body") == "telemetry_ack":
+            telemetry.on_ack(message.telemetry_ack)
+
+    def on_connected() -> None:
+        telemetry.on_connected()
+        session.send(agent_pb2.AgentMessage(status=status_report(shell.state)))
+
     session = Session(
         identity,
         facts=facts_provider(config),
@@ -79,8 +132,63 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         heartbeat_interval_seconds=config.heartbeat_interval_seconds if explicit else None,
         connect_timeout_seconds=config.connect_timeout_seconds,
         backoff=config.reconnect_backoff(),
+        on_desired=on_desired,
+        on_message=on_message,
+        on_connected=on_connected,
     )
+    telemetry = TelemetryPipeline(
+        data_dir=config.data_dir,
+        device_id=identity.device_id,
+        boot_id=session.boot_id,
+        send=session.send,
+        flush_seconds=config.telemetry_flush_seconds,
+    )
+    channel = secure_channel(
+        identity.device_endpoint,
+        ca_pem=identity.ca_pem,
+        server_name=identity.tls_server_name,
+        key_pem=identity.key_pem,
+        cert_pem=identity.cert_pem,
+    )
+    shell = ReconcileShell(
+        data_dir=config.data_dir,
+        facts=facts_provider(config),
+        trusted_keys=keys,
+        source=GatewaySource(agent_pb2_grpc.AgentGatewayStub(channel), timeout_seconds=config.rpc_timeout_seconds),
+        serving=serving,
+        report=lambda report: session.send(agent_pb2.AgentMessage(status=report)),
+        emit=telemetry.emit,
+        crash_after_persisting=os.environ.get("EDGEFLEET_FAULT_CRASH_AFTER_PERSISTING", ""),
+    )
+
+    def record(loaded, latency_ms: float, ok: bool, confidence: float | None, size: float) -> None:
+        telemetry.record(loaded.ref, loaded.task, latency_ms, ok, confidence, size)
+
+    service = LocalInferenceService(
+        serving, device_id=identity.device_id, record=record, connected=lambda: session.state.connected
+    )
+    local_api, _ = await start_local_api(service, config.data_dir, tcp_port=config.local_api_tcp_port)
     loop = asyncio.get_running_loop()
+
+    def shutdown() -> None:
+        stop.set()
+        session.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, session.stop)
-    await session.run()
+        loop.add_signal_handler(sig, shutdown)
+    tasks = [
+        asyncio.ensure_future(session.run()),
+        asyncio.ensure_future(shell.run(stop)),
+        asyncio.ensure_future(telemetry.run(stop)),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()
+    finally:
+        shutdown()
+        await asyncio.wait(tasks, timeout=10)
+        await local_api.stop(1.0)
+        await channel.close()
+        telemetry.close()

@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -118,7 +119,11 @@ class ReconcileShell:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         config: ReconcilerConfig = DEFAULT_CONFIG,
+        crash_after_persisting: str = "",
     ) -> None:
+        # Fault injection for crash tests: SIGKILL this process right after a state of this
+        # phase is on disk (set by the EDGEFLEET_FAULT_CRASH_AFTER_PERSISTING variable).
+        self.crash_after_persisting = crash_after_persisting
         self.data_dir = data_dir
         self.state_path = data_dir / STATE_FILE
         self.store = BuildStore(data_dir)
@@ -191,6 +196,9 @@ class ReconcileShell:
             match action:
                 case ev.Persist(state=state):
                     await asyncio.to_thread(write_state, self.state_path, to_json(state))
+                    if self.crash_after_persisting and state.phase.name == self.crash_after_persisting:
+                        log.warning("fault injection: killing the agent after persisting %s", state.phase.name)
+                        os.kill(os.getpid(), signal.SIGKILL)
                 case ev.Report():
                     self.report(action.to_proto())
                 case ev.Emit():
