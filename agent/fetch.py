@@ -49,12 +49,17 @@ class FetchResult:
     resumed_from: int
 
 
-def _sha256_file(path: Path) -> str:
+def _write_and_hash(out, digest, data: bytes) -> None:
+    out.write(data)
+    digest.update(data)
+
+
+def _sha256_prefix(path: Path) -> hashlib._Hash:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while block := file.read(1 << 20):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 async def fetch_blob(
@@ -76,6 +81,8 @@ async def fetch_blob(
         part.unlink()
         offset = 0
     resumed_from = offset
+    # The hash runs as bytes arrive; on a resume, the partial file is hashed once first.
+    digest = await asyncio.to_thread(_sha256_prefix, part) if offset else hashlib.sha256()
     started = time.monotonic()
     received = 0
     if offset < size:
@@ -102,7 +109,8 @@ async def fetch_blob(
                             f"server sent more than the manifest's {size} bytes for {sha256[:12]}: refused",
                             retryable=False,
                         )
-                    out.write(chunk.data)
+                    # Off the loop: the next chunk arrives while this one is written and hashed.
+                    await asyncio.to_thread(_write_and_hash, out, digest, chunk.data)
                     offset += len(chunk.data)
                     received += len(chunk.data)
                     elapsed = time.monotonic() - started
@@ -121,7 +129,7 @@ async def fetch_blob(
             call.cancel()
     if offset != size:
         raise FetchError(f"download of {sha256[:12]} ended at {offset} of {size} bytes", retryable=True)
-    actual = await asyncio.to_thread(_sha256_file, part)
+    actual = digest.hexdigest()
     if actual != sha256:
         part.unlink()
         raise FetchError(f"downloaded bytes hash to {actual[:12]}, not {sha256[:12]}: discarded", retryable=True)

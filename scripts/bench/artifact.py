@@ -1,0 +1,201 @@
+"""Artifact download throughput and resume, measured side by side in one run.
+
+- edgefleet: ``agent.fetch.fetch_blob`` downloads a blob of ``--mib`` MiB (random bytes) from a
+  real control plane (``edgefleet server`` subprocess) over the mutual-TLS device port, with
+  the agent's checks (offsets, size cap, sha256 over the whole file, fsync, atomic rename);
+- raw: the same bytes copied over a plain loopback TCP socket into a file (no TLS, no
+  framing, no hashing) — the ceiling on this machine;
+- resume: a download cut at about half, then resumed: bytes transferred by the second
+  attempt vs the blob's size.
+
+Goal (issue "ship a model"): edgefleet ≥ 50% of raw; the resume transfers only the rest.
+Rerun: ``.venv/bin/python scripts/bench/artifact.py [--mib 100]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def raw_copy(source: Path, dest: Path, *, use_sendfile: bool) -> float:
+    """Seconds to copy source into dest over a loopback socket (kernel sendfile, or a read/send loop)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def send() -> None:
+        conn, _ = server.accept()
+        with conn, source.open("rb") as file:
+            if use_sendfile:
+                conn.sendfile(file)
+            else:
+                while block := file.read(1 << 20):
+                    conn.sendall(block)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as conn, dest.open("wb") as out:
+        while block := conn.recv(1 << 20):
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    elapsed = time.perf_counter() - started
+    sender.join()
+    server.close()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=100)
+    parser.add_argument("--json-out", type=Path)
+    opts = parser.parse_args()
+
+    import grpc
+
+    from agent.channel import secure_channel
+    from agent.enroll import enroll
+    from agent.facts import collect_facts
+    from agent.fetch import FetchPolicy, fetch_blob
+    from controlplane.cli.models import push_bundle
+    from protos.bundle_io import load_public_key, write_key_pair
+    from protos.edgefleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2_grpc
+    from protos.join import parse_join_string
+    from protos.limits import TLS_SERVER_NAME
+    from tests.bundles import make_bundle_dir
+
+    size = opts.mib * 2**20
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        ready = tmp_path / "ready"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "edgefleet", "server", "--data-dir", str(tmp_path / "srv"), "--listen",
+             "127.0.0.1", "--advertise", "127.0.0.1", "--api-port", "0", "--device-port", "0",
+             "--ready-file", str(ready), "--log-level", "warning"],
+            cwd=ROOT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists():
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("control plane did not start")
+                time.sleep(0.1)
+            api_port = int(ready.read_text().split()[0])
+            srv = tmp_path / "srv"
+            creds = grpc.ssl_channel_credentials((srv / "ca.crt").read_bytes())
+            admin_channel = grpc.secure_channel(
+                f"127.0.0.1:{api_port}", creds, options=[("grpc.ssl_target_name_override", TLS_SERVER_NAME)]
+            )
+            admin = admin_pb2_grpc.AdminStub(admin_channel)
+            meta = [("authorization", f"Bearer {(srv / 'admin.token').read_text().strip()}")]
+            key = tmp_path / "release.key"
+            write_key_pair(key)
+            admin.AddPublisherKey(
+                admin_pb2.AddPublisherKeyRequest(public_key=load_public_key(Path(f"{key}.pub")), name="r"),
+                metadata=meta,
+            )
+            payload = os.urandom(size)
+            sha = hashlib.sha256(payload).hexdigest()
+            bundle = make_bundle_dir(tmp_path / "bundles", "big", 1, "fp32", extra_files={"weights.bin": payload})
+            push_bundle(admin, meta, bundle, key)
+            join = admin.CreateJoinToken(admin_pb2.CreateJoinTokenRequest(fleet="bench"), metadata=meta).join_string
+            facts = collect_facts(data_dir=tmp_path, labels={})
+            ident = asyncio.run(enroll(parse_join_string(join), data_dir=tmp_path / "dev", device_id="bench-1",
+                                       facts=facts))  # fmt: skip
+            admin.Deploy(
+                admin_pb2.DeployRequest(name="big", version=1, variant="fp32", device_id="bench-1"), metadata=meta
+            )
+            admin_channel.close()
+
+            async def fetch(directory: Path, cut_at: float | None = None):
+                async with secure_channel(ident.device_endpoint, ca_pem=ident.ca_pem, server_name=TLS_SERVER_NAME,
+                                          key_pem=ident.key_pem, cert_pem=ident.cert_pem) as channel:  # fmt: skip
+                    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+                    task = asyncio.ensure_future(fetch_blob(stub, sha, size, directory, policy=FetchPolicy()))
+                    if cut_at is not None:
+                        part = directory / f"{sha}.part"
+                        while not task.done():
+                            if part.exists() and part.stat().st_size >= cut_at * size:
+                                task.cancel()
+                                break
+                            await asyncio.sleep(0.002)
+                        try:
+                            await task
+                        except asyncio.CancelledError:
+                            return None
+                    return await task
+
+            started = time.perf_counter()
+            if os.environ.get("PROFILE"):
+                import cProfile
+                import pstats
+
+                profiler = cProfile.Profile()
+                result = profiler.runcall(asyncio.run, fetch(tmp_path / "full"))
+                pstats.Stats(profiler).sort_stats("cumulative").print_stats(18)
+            else:
+                result = asyncio.run(fetch(tmp_path / "full"))
+            fetch_seconds = time.perf_counter() - started
+            assert result.bytes_transferred == size
+            raw_source = tmp_path / "raw-source.bin"
+            raw_source.write_bytes(payload)
+            raw_seconds = raw_copy(raw_source, tmp_path / "raw-dest.bin", use_sendfile=False)
+            sendfile_seconds = raw_copy(raw_source, tmp_path / "raw-dest2.bin", use_sendfile=True)
+
+            cut = tmp_path / "cut"
+            asyncio.run(fetch(cut, cut_at=0.5))
+            partial = (cut / f"{sha}.part").stat().st_size
+            resumed = asyncio.run(fetch(cut))
+        finally:
+            server.terminate()
+            server.wait(20)
+
+    mib_s = size / 2**20 / fetch_seconds
+    raw_mib_s = size / 2**20 / raw_seconds
+    out = {
+        "blob_mib": opts.mib,
+        "edgefleet_seconds": fetch_seconds,
+        "edgefleet_mib_per_s": mib_s,
+        "raw_loopback_seconds": raw_seconds,
+        "raw_loopback_mib_per_s": raw_mib_s,
+        "ratio": mib_s / raw_mib_s,
+        "sendfile_loopback_mib_per_s": size / 2**20 / sendfile_seconds,
+        "cut_at_bytes": partial,
+        "resume_transferred_bytes": resumed.bytes_transferred,
+        "resume_resumed_from": resumed.resumed_from,
+        "resume_fraction_of_blob": resumed.bytes_transferred / size,
+        "cores": os.cpu_count(),
+    }
+    print(f"blob                  {opts.mib} MiB of random bytes")
+    print(f"edgefleet fetch_blob  {fetch_seconds:.2f} s = {mib_s:.0f} MiB/s (mTLS gRPC, sha256, fsync)")
+    print(f"raw loopback copy     {raw_seconds:.2f} s = {raw_mib_s:.0f} MiB/s (plain TCP read/send loop, fsync)")
+    print(f"kernel sendfile copy  {sendfile_seconds:.2f} s = {size / 2**20 / sendfile_seconds:.0f} MiB/s (for scale)")
+    verdict = "met" if mib_s / raw_mib_s >= 0.5 else "NOT met"
+    print(f"ratio                 {mib_s / raw_mib_s:.0%} of raw; goal >= 50%: {verdict}")
+    print(
+        f"resume                cut at {partial / size:.0%} ({partial} B); the resumed attempt transferred "
+        f"{resumed.bytes_transferred} B = {resumed.bytes_transferred / size:.0%} of the blob "
+        f"(exactly the rest: {'yes' if resumed.bytes_transferred == size - partial else 'NO'})"
+    )
+    print(json.dumps(out))
+    if opts.json_out:
+        opts.json_out.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
