@@ -1,0 +1,96 @@
+"""A download cut half-way — the connection dropped, or the control plane stopped — resumes from the
+last byte received: the next attempt transfers only the rest, and the file is whole."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from agent.channel import secure_channel
+from agent.enroll import enroll
+from agent.facts import collect_facts
+from agent.fetch import FetchError, FetchPolicy, fetch_blob
+from protos.edgefleet.v1 import agent_pb2_grpc
+from protos.join import parse_join_string
+from protos.limits import TLS_SERVER_NAME
+from tests.integration.shipping import deploy, publish, register_key
+
+SIZE = 8 * 2**20
+POLICY = FetchPolicy(chunk_bytes=32 * 1024)
+
+
+@pytest.fixture
+def device(cp_sqlite, tmp_path):
+    """An enrolled device told to install a build with an 8 MiB file; returns (identity, sha256, bytes)."""
+    key = register_key(cp_sqlite, tmp_path)
+    payload = os.urandom(SIZE)
+    publish(cp_sqlite, key, tmp_path, extra_files={"weights.bin": payload})
+    facts = collect_facts(data_dir=tmp_path, labels={})
+    join = parse_join_string(cp_sqlite.join_string())
+    ident = asyncio.run(enroll(join, data_dir=tmp_path / "dev", device_id="dev-1", facts=facts))
+    deploy(cp_sqlite, "dev-1")
+    return ident, hashlib.sha256(payload).hexdigest(), payload
+
+
+async def _fetch(ident, sha, directory, *, cut=None):
+    """Fetch; with cut, call cut() once half of the blob is on disk, then let the attempt end."""
+    async with secure_channel(
+        ident.device_endpoint, ca_pem=ident.ca_pem, server_name=TLS_SERVER_NAME,
+        key_pem=ident.key_pem, cert_pem=ident.cert_pem,
+    ) as channel:  # fmt: skip
+        task = asyncio.ensure_future(fetch_blob(agent_pb2_grpc.AgentGatewayStub(channel), sha, SIZE, directory,
+                                                policy=POLICY))  # fmt: skip
+        if cut is not None:
+            part = directory / f"{sha}.part"
+            while not task.done() and not (part.exists() and part.stat().st_size >= SIZE // 2):
+                await asyncio.sleep(0.001)
+            await cut(task)
+        return await task
+
+
+def test_dropped_connection_resumes_with_only_the_rest(device, tmp_path):
+    ident, sha, payload = device
+    directory = tmp_path / "blobs"
+
+    async def drop(task):
+        task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(_fetch(ident, sha, directory, cut=drop))
+    partial = (directory / f"{sha}.part").stat().st_size
+    assert SIZE // 2 <= partial < SIZE
+    result = asyncio.run(_fetch(ident, sha, directory))
+    assert result.resumed_from == partial and result.bytes_transferred == SIZE - partial
+    assert result.path.read_bytes() == payload
+
+
+def test_control_plane_stopped_mid_download_resumes_after_restart(device, cp_sqlite, tmp_path):
+    ident, sha, payload = device
+    directory = tmp_path / "blobs"
+
+    async def stop_device_port(task):
+        cp_sqlite.call(cp_sqlite.running.device_server.stop(0))
+
+    with pytest.raises(FetchError) as cut:
+        asyncio.run(_fetch(ident, sha, directory, cut=stop_device_port))
+    assert cut.value.retryable
+    partial = (directory / f"{sha}.part").stat().st_size
+    assert SIZE // 2 <= partial < SIZE
+    from tests.integration.harness import ServerThread
+
+    cp_sqlite.stop()
+    again = ServerThread(
+        cp_sqlite.config.model_copy(
+            update={"api_port": cp_sqlite.running.api_port, "device_port": cp_sqlite.running.device_port}
+        )
+    )
+    try:
+        result = asyncio.run(_fetch(ident, sha, directory))
+    finally:
+        again.stop()
+        cp_sqlite.stop = lambda: None  # already stopped; the fixture must not stop it twice
+    assert result.resumed_from == partial and result.bytes_transferred == SIZE - partial
+    assert hashlib.sha256(result.path.read_bytes()).hexdigest() == sha
