@@ -18,7 +18,7 @@ import typer  # noqa: E402
 from agent.cli import AgentExit, agent  # noqa: E402
 from agent.infer_cli import InferError  # noqa: E402
 from agent.infer_cli import app as infer_app  # noqa: E402
-from controlplane.cli import devices, keys, models, operators, tokens  # noqa: E402
+from controlplane.cli import devices, keys, models, operators, telemetry, tokens  # noqa: E402
 from controlplane.cli.deploy import deploy  # noqa: E402
 from controlplane.cli.errors import CliError  # noqa: E402
 from controlplane.cli.server_cmd import server  # noqa: E402
@@ -35,6 +35,7 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(operators.app, name="operators")
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")
+app.add_typer(telemetry.app, name="telemetry")
 app.add_typer(infer_app, name="infer")
 app.command("deploy")(deploy)
 app.command("server")(server)

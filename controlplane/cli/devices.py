@@ -9,7 +9,8 @@ import typer
 from controlplane.cli import output
 from controlplane.cli.connection import RPC_TIMEOUT_SECONDS, admin, resolve
 from controlplane.cli.options import CaOpt, JsonOpt, ServerOpt, TokenOpt
-from protos.edgefleet.v1 import admin_pb2
+from controlplane.cli.telemetry import model_ref
+from protos.edgefleet.v1 import admin_pb2, agent_pb2
 
 app = typer.Typer(help="Enrolled devices: list, inspect, revoke.", no_args_is_help=True)
 
@@ -95,6 +96,9 @@ def show(
         ["labels", ", ".join(f"{k}={v}" for k, v in sorted(d.labels.items())) or "-"],
         ["certificate sha256", d.certificate_sha256],
         ["agent", d.agent_version or "-"],
+        ["desired generation", str(d.desired_generation)],
+        ["reconcile", _reconcile(d)],
+        ["active models", ", ".join(f"{model_ref(a.model)}" for a in d.active) or "-"],
         ["architecture", f.architecture or "-"],
         ["cpu", f"{f.cpu_model or '-'} ({f.cpu_cores} cores)"],
         ["cpu flags (ML)", ", ".join(x for x in f.cpu_flags if x in _ML_FLAGS) or "-"],
@@ -106,6 +110,14 @@ def show(
         ["simulated facts", ", ".join(f.simulated_fields) if f.simulated else "no"],
     ]
     output.stdout().print(output.table(f"device {d.device_id}", ["FIELD", "VALUE"], rows))
+
+
+def _reconcile(d: admin_pb2.Device) -> str:
+    """'committed, generation 4', with the failure reason if any; '-' before the first status report."""
+    if not d.HasField("status"):
+        return "-"
+    text = f"{agent_pb2.ReconcilePhase.Name(d.status.phase).lower()}, generation {d.status.generation}"
+    return f"{text}: {d.status.failure_reason}" if d.status.failure_reason else text
 
 
 _ML_FLAGS = {

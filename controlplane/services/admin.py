@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import importlib.metadata
 import logging
+import math
 import secrets
 
 import grpc
@@ -27,6 +28,7 @@ from controlplane.blobs import BlobStalled, BlobTooLarge, check_sha256
 from controlplane.errors import InvalidRequest, NotFoundError, PreconditionFailed, Unauthenticated
 from controlplane.fleet import device_message, is_online, timestamp
 from controlplane.grpc_errors import handle_errors
+from controlplane.services import telemetry
 from controlplane.services.context import Services
 from controlplane.services.desired import push_desired
 from protos.bundles import (
@@ -62,7 +64,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         require_role(Role.parse(row.role), needed, action)
         return row
 
-    def _device(self, row) -> admin_pb2.Device:
+    def _presence(self, row) -> tuple[bool, dt.datetime | None]:
+        """Whether the device is online now, and when it was last seen."""
         s = self.s
         last_seen = s.presence.last_seen(row.device_id, row.last_seen)
         online = is_online(
@@ -71,7 +74,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             now=s.clock(),
             offline_after=dt.timedelta(seconds=s.config.offline_after_seconds),
         )
-        return device_message(row, online=online, last_seen=last_seen)
+        return online, last_seen
+
+    def _device(self, row, status=None) -> admin_pb2.Device:
+        online, last_seen = self._presence(row)
+        message = device_message(row, online=online, last_seen=last_seen)
+        if status is not None:
+            report, active = telemetry.status_message(status)
+            message.status.CopyFrom(report)
+            message.active.extend(active)
+        return message
+
+    async def _devices(self, rows) -> list[admin_pb2.Device]:
+        statuses = await self.s.db(self.s.store.device_statuses, [r.device_id for r in rows])
+        return [self._device(r, statuses.get(r.device_id)) for r in rows]
 
     # --- identity ---
 
@@ -162,7 +178,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         selector = dict(request.label_selector)
         matching = [r for r in rows if all((r.labels or {}).get(k) == v for k, v in selector.items())]
         return admin_pb2.ListDevicesResponse(
-            devices=[self._device(r) for r in matching], next_page_token=rows[-1].device_id if more else ""
+            devices=await self._devices(matching), next_page_token=rows[-1].device_id if more else ""
         )
 
     @handle_errors
@@ -171,7 +187,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         row = await self.s.db(self.s.store.get_device, request.device_id)
         if row is None:
             raise NotFoundError(f"device {request.device_id!r} not found")
-        return self._device(row)
+        [device] = await self._devices([row])
+        return device
 
     @handle_errors
     async def RevokeDevice(self, request, context):  # noqa: N802
@@ -185,6 +202,39 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             handle.close(reason, revoked=True)
         log.info("device %s revoked by %s", request.device_id, caller.name)
         return self._device(row)
+
+    # --- telemetry queries ---
+
+    @handle_errors
+    async def QueryLatency(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "querying telemetry")
+        return await telemetry.query_latency(self.s, request)
+
+    @handle_errors
+    async def QueryEvents(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "querying events")
+        return await telemetry.query_events(self.s, request)
+
+    @handle_errors
+    async def QueryHealth(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "querying device health")
+        rows = await self.s.db(self.s.store.health, request.fleet or None)
+        response = admin_pb2.QueryHealthResponse()
+        for row in rows:
+            online, last_seen = self._presence(row.device)
+            health = response.rows.add(device_id=row.device.device_id, online=online)
+            if last_seen is not None:
+                health.last_seen.CopyFrom(timestamp(last_seen))
+            if row.resources is not None:
+                r = row.resources
+                health.cpu_percent = r.cpu_percent
+                health.rss_bytes = r.rss_bytes
+                health.memory_available_bytes = r.memory_available_bytes
+                health.temperature_celsius = math.nan if r.temperature_celsius is None else r.temperature_celsius
+            if row.status is not None:
+                _, active = telemetry.status_message(row.status)
+                health.active.extend(a.model for a in active)
+        return response
 
     # --- publisher keys, blobs and model builds ---
 

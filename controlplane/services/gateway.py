@@ -10,6 +10,8 @@ Invariants:
 - A session that misses heartbeats for ``offline_after`` is closed by the
   server, so half-open connections do not look online.
 - Right after Welcome a device with desired rows gets its whole DesiredState.
+- Telemetry batches are stored and acked through the session's outbox, status reports stored
+  (see ``services.telemetry``); SendTelemetry does the same for one batch without a session.
 - FetchManifest and FetchArtifact serve only builds in the caller's own desired
   state (see ``services.desired``); file reads run in worker threads.
 """
@@ -28,6 +30,7 @@ from controlplane.errors import InvalidRequest, OutOfRange, PermissionDenied, Un
 from controlplane.fleet import facts_to_dict, timestamp, validate_facts
 from controlplane.grpc_errors import handle_errors, status_for
 from controlplane.presence import SessionHandle
+from controlplane.services import telemetry
 from controlplane.services.context import Services
 from controlplane.services.desired import allowed_blob_size, desired_build, desired_message
 from controlplane.store import errors as store_errors
@@ -195,5 +198,26 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
                 )
             elif kind == "hello":
                 raise InvalidRequest("Hello may only be sent once per session")
-            # heartbeat: seen() above is all it takes. Status, job results and
-            # telemetry are handled by the reconciler and telemetry services.
+            elif kind == "telemetry":
+                await self._telemetry(device_id, message.telemetry, handle)
+            elif kind == "status":
+                await telemetry.record_status(s, device_id, message.status)
+            # heartbeat: seen() above is all it takes. Job results are handled by the job service.
+
+    async def _telemetry(self, device_id: str, batch, handle: SessionHandle) -> None:
+        """Store a batch and queue its ack; a refused batch is logged and not acked (see services.telemetry)."""
+        try:
+            ack = await telemetry.ingest(self.s, device_id, batch)
+        except (PermissionDenied, ValueError) as exc:
+            log.warning(
+                "telemetry batch %s/%d from %s refused, not acked: %s", batch.boot_id, batch.sequence, device_id, exc
+            )
+            return
+        # Waits while the outbox is full: a device that sends faster than it reads acks is slowed down.
+        await handle.outbox.put(agent_pb2.ControlMessage(telemetry_ack=ack))
+
+    @handle_errors
+    async def SendTelemetry(self, request, context):  # noqa: N802
+        """Store one batch for an agent without an open session; answers its ack."""
+        device = await self.authenticate(context)
+        return await telemetry.ingest(self.s, device.device_id, request)

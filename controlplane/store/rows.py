@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from protos.histogram import Histogram
+
 OPERATOR_ROLES: frozenset[str] = frozenset({"viewer", "operator", "admin"})
 
 
@@ -128,3 +130,68 @@ class DesiredRow:
     rollback: bool
     generation: int
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ResourceSampleRow:
+    """A device's resource use at ``at``; ``temperature_celsius`` is None when the OS does not expose it."""
+
+    device_id: str
+    at: datetime
+    cpu_percent: float
+    rss_bytes: int
+    memory_available_bytes: int
+    temperature_celsius: float | None
+    disk_free_bytes: int
+
+
+@dataclass(frozen=True)
+class DeviceEventRow:
+    """A lifecycle event as stored; ``kind`` is the ``LifecycleEvent.Kind`` name."""
+
+    id: int
+    device_id: str
+    at: datetime
+    kind: str
+    name: str
+    version: int
+    variant: str
+    reason: str
+    generation: int
+    details: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DeviceStatusRow:
+    """A device's last StatusReport; ``phase`` is the ``ReconcilePhase`` name, ``active`` ActiveModel dicts."""
+
+    device_id: str
+    generation: int
+    phase: str
+    failure_reason: str
+    active: list[dict[str, Any]]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """Model minutes merged by ``key`` (column name to value, e.g. {"model": "nlu", "version": "3"}).
+
+    ``latency`` is the exact merge of every minute's histogram.
+    """
+
+    key: dict[str, str]
+    requests: int
+    errors: int
+    confidence_sum: float
+    low_confidence: int
+    latency: Histogram
+
+
+@dataclass(frozen=True)
+class HealthRow:
+    """A device with its newest resource sample and its last status, each None if it never reported one."""
+
+    device: DeviceRow
+    resources: ResourceSampleRow | None
+    status: DeviceStatusRow | None

@@ -18,7 +18,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, LargeBinary, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -176,4 +189,83 @@ class DesiredModel(Base):
     max_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     rollback: Mapped[bool] = mapped_column(Boolean, nullable=False)
     generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class TelemetryBatchKey(Base):
+    """A telemetry batch already stored: the de-duplication key of resends."""
+
+    __tablename__ = "telemetry_batches"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    boot_id: Mapped[str] = mapped_column(String, primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class ModelMinute(Base):
+    """One device's requests to one build in one UTC minute; batches for the same key add up."""
+
+    __tablename__ = "model_minutes"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    variant: Mapped[str] = mapped_column(String, primary_key=True)
+    task: Mapped[str] = mapped_column(String, nullable=False)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    errors: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    latency_counts: Mapped[list[int]] = mapped_column(JSON, nullable=False)
+    latency_sum_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    latency_max_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    confidence_sum: Mapped[float] = mapped_column(Double, nullable=False)
+    low_confidence: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    input_size_sum: Mapped[float] = mapped_column(Double, nullable=False)
+    input_size_max: Mapped[float] = mapped_column(Double, nullable=False)
+
+
+class ResourceSample(Base):
+    """A device's resource use at one instant; ``temperature_celsius`` is NULL when the OS does not expose it."""
+
+    __tablename__ = "resource_samples"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    cpu_percent: Mapped[float] = mapped_column(Double, nullable=False)
+    rss_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    memory_available_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    temperature_celsius: Mapped[float | None] = mapped_column(Double, nullable=True)
+    disk_free_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class DeviceEvent(Base):
+    """A lifecycle event a device reported (``kind`` is the LifecycleEvent.Kind name)."""
+
+    __tablename__ = "device_events"
+    __table_args__ = (Index("ix_device_events_device_id_at", "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    kind: Mapped[str] = mapped_column(String, nullable=False)
+    name: Mapped[str] = mapped_column(String, nullable=False)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    variant: Mapped[str] = mapped_column(String, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    details: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False)
+
+
+class DeviceStatus(Base):
+    """The last StatusReport of a device: reconcile generation and phase, and what it runs (``active``,
+    ActiveModel messages as JSON dicts)."""
+
+    __tablename__ = "device_status"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    phase: Mapped[str] = mapped_column(String, nullable=False)
+    failure_reason: Mapped[str] = mapped_column(Text, nullable=False)
+    active: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -1,6 +1,6 @@
 """The control plane's persistent store: operator tokens, join tokens, devices, settings and, through
-``registry.RegistryStore``, publisher keys and model builds and, through ``desired.DesiredStore``,
-the desired state of each device.
+``registry.RegistryStore``, publisher keys and model builds, through ``desired.DesiredStore``,
+the desired state of each device and, through ``telemetry.TelemetryStore``, telemetry and status.
 
 A synchronous API over one SQLAlchemy engine (SQLite or PostgreSQL); asyncio callers run
 each call in a worker thread (the server's store executor). The engine is thread-safe, so one ``Store``
@@ -49,9 +49,10 @@ from controlplane.store.queries import must, require_aware
 from controlplane.store.registry import RegistryStore
 from controlplane.store.rows import OPERATOR_ROLES, DeviceRow, JoinTokenRow, OperatorTokenRow
 from controlplane.store.schema import Device, JoinToken, OperatorToken, Setting, UTCDateTime
+from controlplane.store.telemetry import TelemetryStore
 
 
-class Store(RegistryStore, DesiredStore):
+class Store(RegistryStore, DesiredStore, TelemetryStore):
     """The control plane's database. Create it with ``Store.open``; ``close`` when done."""
 
     def __init__(self, engine: Engine) -> None:
