@@ -140,7 +140,6 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
             log.info("artifact fetch refused: %s", exc)
             code = grpc.StatusCode.INVALID_ARGUMENT if type(exc) is ValueError else status_for(exc)
             await context.abort(code, str(exc))
-            return
         chunk_bytes = min(request.chunk_bytes or DEFAULT_CHUNK_BYTES, MAX_ARTIFACT_CHUNK_BYTES)
         offset = request.offset
         try:
@@ -148,7 +147,10 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
                 data = await s.db(handle.read, min(chunk_bytes, size - offset))
                 if not data:
                     break
-                yield agent_pb2.ArtifactChunk(offset=offset, data=data, total_bytes=size)
+                try:
+                    await context.write(agent_pb2.ArtifactChunk(offset=offset, data=data, total_bytes=size))
+                except (grpc.aio.UsageError, RuntimeError):
+                    return  # the device went away (cut link, cancelled fetch): it resumes from its offset
                 offset += len(data)
         finally:
             handle.close()

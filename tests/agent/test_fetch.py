@@ -1,0 +1,104 @@
+"""The download rules against a misbehaving server: endless data is cut at the manifest's size, a
+stalled or crawling transfer is abandoned (retryably), bad offsets and wrong bytes are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from agent.fetch import FetchError, FetchPolicy, fetch_blob
+from protos.edgefleet.v1 import agent_pb2
+
+DATA = bytes(range(256)) * 64  # 16 KiB
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+class FakeCall:
+    """What a FetchArtifact stream call looks like to fetch_blob: async iteration plus cancel()."""
+
+    def __init__(self, chunks, *, delay: float = 0.0, stall_after: int | None = None) -> None:
+        self.chunks, self.delay, self.stall_after = chunks, delay, stall_after
+
+    def __aiter__(self):
+        return self._gen()
+
+    async def _gen(self):
+        for index, chunk in enumerate(self.chunks):
+            if self.stall_after is not None and index >= self.stall_after:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(self.delay)
+            yield chunk
+
+    def cancel(self) -> None:
+        pass
+
+
+class FakeStub:
+    def __init__(self, call: FakeCall) -> None:
+        self.call = call
+
+    def FetchArtifact(self, request):  # noqa: N802 - gRPC name
+        return self.call
+
+
+def _chunks(data: bytes, size: int = 4096, start: int = 0):
+    return [
+        agent_pb2.ArtifactChunk(offset=start + i, data=data[i : i + size], total_bytes=len(DATA))
+        for i in range(0, len(data), size)
+    ]
+
+
+def _fetch(call, tmp_path, *, size=len(DATA), sha=SHA, policy=FetchPolicy()):
+    return asyncio.run(fetch_blob(FakeStub(call), sha, size, tmp_path, policy=policy))
+
+
+def test_whole_blob_is_stored_under_its_hash(tmp_path):
+    result = _fetch(FakeCall(_chunks(DATA)), tmp_path)
+    assert result.path == tmp_path / SHA and result.path.read_bytes() == DATA
+    assert not (tmp_path / f"{SHA}.part").exists()
+
+
+def test_endless_data_is_cut_at_the_manifest_size(tmp_path):
+    with pytest.raises(FetchError, match="more than the manifest's") as refused:
+        _fetch(FakeCall(_chunks(DATA + b"x" * 8192)), tmp_path)
+    assert not refused.value.retryable
+    assert not (tmp_path / SHA).exists()
+
+
+def test_stalled_download_is_abandoned_and_can_be_retried(tmp_path):
+    policy = FetchPolicy(stall_seconds=0.2)
+    with pytest.raises(FetchError, match="stalled") as stalled:
+        _fetch(FakeCall(_chunks(DATA), stall_after=2), tmp_path, policy=policy)
+    assert stalled.value.retryable
+    assert (tmp_path / f"{SHA}.part").stat().st_size == 8192  # kept for the resume
+    result = _fetch(FakeCall(_chunks(DATA[8192:], start=8192)), tmp_path)
+    assert result.bytes_transferred == len(DATA) - 8192 and result.path.read_bytes() == DATA
+
+
+def test_crawling_download_is_abandoned(tmp_path):
+    policy = FetchPolicy(stall_seconds=5, min_bytes_per_second=1_000_000, throughput_grace_seconds=0.05)
+    with pytest.raises(FetchError, match="too slow") as slow:
+        _fetch(FakeCall(_chunks(DATA, 512), delay=0.02), tmp_path, policy=policy)
+    assert slow.value.retryable
+
+
+def test_chunk_at_the_wrong_offset_is_refused(tmp_path):
+    chunks = _chunks(DATA)
+    chunks[1].offset = 0
+    with pytest.raises(FetchError, match="offset"):
+        _fetch(FakeCall(chunks), tmp_path)
+
+
+def test_bytes_that_do_not_hash_to_the_name_are_discarded(tmp_path):
+    wrong = bytes(reversed(DATA))
+    with pytest.raises(FetchError, match="hash to"):
+        _fetch(FakeCall(_chunks(wrong)), tmp_path)
+    assert not (tmp_path / SHA).exists() and not (tmp_path / f"{SHA}.part").exists()
+
+
+def test_short_stream_leaves_a_partial_to_resume(tmp_path):
+    with pytest.raises(FetchError, match="ended at 4096"):
+        _fetch(FakeCall(_chunks(DATA)[:1]), tmp_path)
+    assert (tmp_path / f"{SHA}.part").stat().st_size == 4096
