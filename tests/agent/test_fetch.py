@@ -50,7 +50,11 @@ def _chunks(data: bytes, size: int = 4096, start: int = 0):
     ]
 
 
-def _fetch(call, tmp_path, *, size=len(DATA), sha=SHA, policy=FetchPolicy()):
+SIZE = len(DATA)
+DEFAULT_POLICY = FetchPolicy()
+
+
+def _fetch(call, tmp_path, *, size=SIZE, sha=SHA, policy=DEFAULT_POLICY):
     return asyncio.run(fetch_blob(FakeStub(call), sha, size, tmp_path, policy=policy))
 
 

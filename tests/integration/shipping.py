@@ -74,3 +74,15 @@ class LocalClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def events(cp, device_id: str) -> list[tuple[str, str]]:
+    """The device's lifecycle events as (kind name, reason), oldest first, through the admin API."""
+    from protos.edgefleet.v1 import common_pb2
+
+    stub, meta, channel = cp.admin()
+    with channel:
+        rows = stub.QueryEvents(
+            admin_pb2.QueryEventsRequest(device_id=device_id, since_seconds=3600, limit=1000), metadata=meta, timeout=10
+        ).rows
+    return [(common_pb2.LifecycleEvent.Kind.Name(r.event.kind), r.event.reason) for r in rows]
