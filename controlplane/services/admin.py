@@ -115,6 +115,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             secret=secret,
             publisher_key_ids=tuple(request.publisher_key_ids),
         )  # validates the address and key ids before anything is stored
+        if request.publisher_key_ids:
+            known = await s.db(s.store.get_publisher_keys, request.publisher_key_ids)
+            missing = sorted(set(request.publisher_key_ids) - set(known))
+            if missing:
+                raise NotFoundError(f"publisher key(s) {', '.join(missing)} are not registered (edgefleet keys list)")
         expires = now + dt.timedelta(seconds=ttl)
         await s.db(
             s.store.create_join_token,

@@ -51,6 +51,7 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
         existing = await s.db(s.store.get_device, request.device_id)
         if existing is not None:
             raise AlreadyExistsError(f"device id {request.device_id!r} is taken: choose another --device-id")
+        keys = await s.db(s.store.get_publisher_keys, token.publisher_key_ids) if token.publisher_key_ids else {}
         cert_pem, serial, fingerprint = s.ca.sign_device_csr(bytes(request.csr_pem), request.device_id, now)
         try:
             await s.db(
@@ -75,6 +76,8 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
             ca_certificate_pem=s.ca.cert_pem,
             device_endpoint=s.device_endpoint,
             tls_server_name=TLS_SERVER_NAME,
+            # Keys the operator pinned in the join string; the agent checks them against its pins.
+            trusted_publisher_keys=[bytes.fromhex(keys[k].public_key) for k in token.publisher_key_ids if k in keys],
             heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
             labels=dict(token.labels),
         )

@@ -3,6 +3,9 @@ control plane's telemetry — across an agent restart, with nothing lost and not
 
 from __future__ import annotations
 
+import grpc
+import pytest
+
 from protos.edgefleet.v1 import admin_pb2
 from tests.integration.harness import wait_for
 from tests.integration.shipping import LocalClient, deploy, publish, register_key
@@ -53,3 +56,33 @@ def test_requests_served_on_the_device_are_counted_once_in_the_fleet_telemetry(c
     assert row.errors == 0 and 0 < row.p50_ms <= row.p95_ms <= row.p99_ms
     device = cp.device("gw-1")
     assert [a.model.version for a in device.active] == [1]
+
+
+def test_publisher_key_pinned_at_join_lets_the_device_install_without_local_trust(cp, agents, tmp_path):
+    """The operator pins the key in the join string; the server hands it over; the agent checks the pin."""
+    from protos.bundle_io import load_public_key
+    from protos.bundles import key_id
+
+    key = register_key(cp, tmp_path)
+    publish(cp, key, tmp_path, version=1, scale=2.0)
+    pinned = key_id(load_public_key(key.with_name(key.name + ".pub")))
+    stub, meta, channel = cp.admin()
+    with channel:
+        join = stub.CreateJoinToken(
+            admin_pb2.CreateJoinTokenRequest(fleet="lab", publisher_key_ids=[pinned]), metadata=meta, timeout=10
+        ).join_string
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CreateJoinToken(
+                admin_pb2.CreateJoinTokenRequest(fleet="lab", publisher_key_ids=["ab" * 32]), metadata=meta, timeout=10
+            )
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "not registered" in refused.value.details()
+    agents("gw", "--heartbeat-seconds", "0.5", join=join, device_id="gw-1")  # no --trust
+    wait_for(lambda: cp.is_online("gw-1"), what="gw-1 online")
+    identity = (tmp_path / "gw" / "identity" / "identity.json").read_text()
+    assert load_public_key(key.with_name(key.name + ".pub")).hex() in identity
+    deploy(cp, "gw-1", version=1)
+    client = LocalClient(tmp_path / "gw")
+    try:
+        wait_for(lambda: client.serving_version() == 1, what="v1 serving with the key pinned at join")
+    finally:
+        client.close()
