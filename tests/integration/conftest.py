@@ -75,3 +75,27 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield make
     for agent in started:
         agent.close()
+
+
+@pytest.fixture
+def cli(cp, monkeypatch, capsys):
+    """Run `edgefleet ARGS` in-process against cp; returns (exit code, stdout, stderr).
+
+    The admin token is used unless ``token=`` names another.
+    """
+    from edgefleet.cli import run
+
+    monkeypatch.setenv("EDGEFLEET_CONFIG", str(cp.config.data_dir / "cli.toml"))
+    for name in ("EDGEFLEET_SERVER", "EDGEFLEET_TOKEN", "EDGEFLEET_CA"):
+        monkeypatch.delenv(name, raising=False)
+
+    def invoke(*args: str, token: str | None = None):
+        if token is not None:
+            monkeypatch.setenv("EDGEFLEET_TOKEN", token)
+        else:
+            monkeypatch.delenv("EDGEFLEET_TOKEN", raising=False)
+        code = run(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke

@@ -10,25 +10,6 @@ from edgefleet.cli import run
 from tests.integration.harness import wait_for
 
 
-@pytest.fixture
-def cli(cp, monkeypatch, capsys):
-    """Run `edgefleet ARGS` in-process against cp; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("EDGEFLEET_CONFIG", str(cp.config.data_dir / "cli.toml"))
-    for name in ("EDGEFLEET_SERVER", "EDGEFLEET_TOKEN", "EDGEFLEET_CA"):
-        monkeypatch.delenv(name, raising=False)
-
-    def invoke(*args: str, token: str | None = None):
-        if token is not None:
-            monkeypatch.setenv("EDGEFLEET_TOKEN", token)
-        else:
-            monkeypatch.delenv("EDGEFLEET_TOKEN", raising=False)
-        code = run(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
-
-
 def test_operator_enrolls_a_device_and_lists_it_as_json(cli, cp, agents):
     code, join, _ = cli("tokens", "create", "--fleet", "lab", "--ttl", "10m", "--labels", "site=a,tier=edge")
     assert code == 0 and join.startswith("efjoin1.")

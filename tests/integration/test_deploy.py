@@ -16,7 +16,6 @@ from agent.enroll import enroll
 from agent.facts import collect_facts
 from agent.fetch import fetch_blob
 from controlplane.cli.models import push_bundle
-from edgefleet.cli import run
 from protos import bundles
 from protos.edgefleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, bundle_pb2, common_pb2
 from protos.join import parse_join_string
@@ -24,21 +23,6 @@ from protos.limits import TLS_SERVER_NAME
 from tests.bundles import make_bundle_dir
 
 EXTRA_BYTES = 600 * 1024  # more than two default chunks of 256 KiB
-
-
-@pytest.fixture
-def cli(cp, monkeypatch, capsys):
-    """Run `edgefleet ARGS` in-process against cp; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("EDGEFLEET_CONFIG", str(cp.config.data_dir / "cli.toml"))
-    for name in ("EDGEFLEET_SERVER", "EDGEFLEET_TOKEN", "EDGEFLEET_CA"):
-        monkeypatch.delenv(name, raising=False)
-
-    def invoke(*args: str):
-        code = run(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture

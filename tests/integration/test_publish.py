@@ -14,7 +14,6 @@ import onnxruntime as ort
 import pytest
 
 from controlplane.cli.models import push_bundle
-from edgefleet.cli import run
 from protos import bundle_io, bundles
 from protos.edgefleet.v1 import admin_pb2, bundle_pb2
 from protos.limits import MAX_ARTIFACT_CHUNK_BYTES
@@ -22,25 +21,6 @@ from protos.tensors import to_numpy
 from tests.bundles import make_bundle_dir
 from tests.integration.conftest import server_config
 from tests.integration.harness import ServerThread
-
-
-@pytest.fixture
-def cli(cp, monkeypatch, capsys):
-    """Run `edgefleet ARGS` in-process against cp; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("EDGEFLEET_CONFIG", str(cp.config.data_dir / "cli.toml"))
-    for name in ("EDGEFLEET_SERVER", "EDGEFLEET_TOKEN", "EDGEFLEET_CA"):
-        monkeypatch.delenv(name, raising=False)
-
-    def invoke(*args: str, token: str | None = None):
-        if token is not None:
-            monkeypatch.setenv("EDGEFLEET_TOKEN", token)
-        else:
-            monkeypatch.delenv("EDGEFLEET_TOKEN", raising=False)
-        code = run(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 from agent.channel import secure_channel
 from agent.enroll import enroll
 from agent.facts import collect_facts
-from edgefleet.cli import run
 from protos.edgefleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2, telemetry_pb2
 from protos.histogram import Histogram, bucket_index, bucket_range
 from protos.join import parse_join_string
@@ -23,21 +22,6 @@ from tests.integration.harness import wait_for
 DEVICE = "dev-t"
 FIRST = [0.4, 1.5, 1.6, 2.0, 30.0]
 SECOND = [1.7, 1.8, 1.9]
-
-
-@pytest.fixture
-def cli(cp, monkeypatch, capsys):
-    """Run `edgefleet ARGS` in-process against cp with the admin token; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("EDGEFLEET_CONFIG", str(cp.config.data_dir / "cli.toml"))
-    for name in ("EDGEFLEET_SERVER", "EDGEFLEET_TOKEN", "EDGEFLEET_CA"):
-        monkeypatch.delenv(name, raising=False)
-
-    def invoke(*args: str):
-        code = run(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture
