@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[agent,server,cli,dev]'
+	# Silero VAD's ONNX files for the speech tests; --no-deps: the package's own deps pull torch.
+	$(PY) -m pip install --quiet --no-deps 'silero-vad>=5,<7'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

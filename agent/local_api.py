@@ -18,6 +18,11 @@ from pathlib import Path
 
 import grpc
 
+from agent.pipelines import BundleContractError, PipelineInputError
+from agent.pipelines.audio import SpeechPipeline
+from agent.pipelines.frontend import AudioError, FrontEndConfigError
+from agent.pipelines.text import TASK as TEXT_TASK
+from agent.pipelines.text import TextPipelines, check_text
 from agent.serving import Serving
 from protos.edgefleet.v1 import inference_pb2, inference_pb2_grpc
 from protos.tensors import TensorError, from_numpy, to_numpy
@@ -45,6 +50,7 @@ class LocalInferenceService(inference_pb2_grpc.LocalInferenceServicer):
         self.device_id = device_id
         self.record = record
         self.connected = connected
+        self._text = TextPipelines()
 
     async def Infer(self, request, context):  # noqa: N802
         loaded = self.serving.current(request.task or "generic")
@@ -71,20 +77,72 @@ class LocalInferenceService(inference_pb2_grpc.LocalInferenceServicer):
         )
 
     async def Understand(self, request, context):  # noqa: N802
-        await self._task_pipeline(context, "text-nlu", len(request.text.encode()), MAX_TEXT_BYTES)
-
-    async def Recognize(self, request, context):  # noqa: N802
-        await self._task_pipeline(context, "speech-command", len(request.wav), MAX_AUDIO_BYTES)
-
-    async def _task_pipeline(self, context, task: str, size: int, limit: int) -> None:
-        if size > limit:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"input of {size} bytes is over the {limit} limit")
-        if self.serving.current(task) is None:
+        try:
+            check_text(request.text)
+        except PipelineInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        loaded = self.serving.current(TEXT_TASK)
+        if loaded is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"no active {task} model on this device: deploy one with `edgefleet deploy NAME:VERSION`",
+                f"no active {TEXT_TASK} model on this device: deploy one with `edgefleet deploy NAME:VERSION`",
             )
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"the {task} pipeline is not in this agent version")
+        try:
+            pipeline = self._text.cached(loaded) or await asyncio.to_thread(self._text.get, loaded)
+        except BundleContractError as exc:
+            self._record(loaded, 0.0, False, None, 0)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the active text-nlu build is unusable: {exc}")
+        try:
+            if pipeline.recent_latency_ms < INLINE_BELOW_MS:
+                answer = pipeline.understand(request.text)
+            else:
+                answer = await asyncio.to_thread(pipeline.understand, request.text)
+        except PipelineInputError as exc:
+            self._record(loaded, 0.0, False, None, 0)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._record(loaded, answer.latency_ms, True, answer.confidence, answer.tokens)
+        return inference_pb2.UnderstandResponse(
+            intent=answer.intent,
+            confidence=answer.confidence,
+            slots=[inference_pb2.Slot(slot=s.slot, value=s.value, start=s.start, end=s.end) for s in answer.slots],
+            served_by=inference_pb2.ServedBy(model=loaded.ref, latency_ms=answer.latency_ms),
+        )
+
+    async def Recognize(self, request, context):  # noqa: N802
+        if len(request.wav) > MAX_AUDIO_BYTES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input of {len(request.wav)} bytes is over the {MAX_AUDIO_BYTES} limit",
+            )
+        command = self.serving.current("speech-command")
+        if command is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no active speech-command model on this device: deploy one with `edgefleet deploy NAME:VERSION`",
+            )
+        vad = self.serving.current("vad")  # None: the energy segmenter finds the speech
+        try:
+            pipeline = SpeechPipeline.load(command, vad)
+            result = await asyncio.to_thread(pipeline.recognize, request.wav)
+        except AudioError as exc:  # before FrontEndConfigError: both are ValueErrors
+            self._record(command, 0.0, False, None, len(request.wav))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except FrontEndConfigError as exc:
+            self._record(command, 0.0, False, None, len(request.wav))
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"the active speech-command build is broken: {exc}"
+            )
+        seconds = sum(end - start for start, end in result.segments)
+        self._record(command, result.latency_ms, True, result.confidence, seconds)
+        response = inference_pb2.RecognizeResponse(
+            label=result.label,
+            confidence=result.confidence,
+            segments=[inference_pb2.SpeechSegment(start_seconds=s, end_seconds=e) for s, e in result.segments],
+            served_by=inference_pb2.ServedBy(model=command.ref, latency_ms=result.latency_ms),
+        )
+        if vad is not None:
+            response.vad.CopyFrom(inference_pb2.ServedBy(model=vad.ref, latency_ms=result.vad_latency_ms))
+        return response
 
     async def AcquireActivationLock(self, request, context):  # noqa: N802
         try:

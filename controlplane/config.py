@@ -19,6 +19,7 @@ class ServerConfig(BaseModel):
     api_port: int = Field(DEFAULT_API_PORT, ge=0, le=65535)  # 0 = pick a free port
     device_port: int = Field(DEFAULT_DEVICE_PORT, ge=0, le=65535)
     advertise_host: str = ""  # host put in join strings; empty = this machine's name
+    artifact_bytes_per_second: int = Field(0, ge=0)  # per download stream; 0 = no cap
     device_advertise: str = ""  # host:port devices dial for sessions (NAT); empty = join host + device_port
     extra_tls_names: tuple[str, ...] = ()
     heartbeat_interval_seconds: int = Field(10, ge=1, le=3600)

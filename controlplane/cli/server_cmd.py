@@ -23,6 +23,9 @@ def server(
     api_port: Annotated[int, typer.Option("--api-port", help="Operator API and enrollment (TLS); 0 = any")] = 7443,
     device_port: Annotated[int, typer.Option("--device-port", help="Device sessions (mutual TLS); 0 = any")] = 7444,
     advertise: Annotated[str, typer.Option("--advertise", help="Host name devices use to reach this server")] = "",
+    artifact_rate: Annotated[
+        int, typer.Option("--artifact-bytes-per-second", help="Cap each device download stream (0 = no cap)")
+    ] = 0,
     device_advertise: Annotated[
         str, typer.Option("--device-advertise", help="HOST:PORT devices dial for sessions, when NAT maps the port")
     ] = "",
@@ -54,6 +57,7 @@ def server(
             device_port=device_port,
             advertise_host=advertise,
             device_advertise=device_advertise,
+            artifact_bytes_per_second=artifact_rate,
             extra_tls_names=tuple(tls_name or ()),
             heartbeat_interval_seconds=heartbeat_seconds,
         )

@@ -142,6 +142,9 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
             await context.abort(code, str(exc))
         chunk_bytes = min(request.chunk_bytes or DEFAULT_CHUNK_BYTES, MAX_ARTIFACT_CHUNK_BYTES)
         offset = request.offset
+        rate = s.config.artifact_bytes_per_second
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             while offset < size:
                 data = await s.db(handle.read, min(chunk_bytes, size - offset))
@@ -152,6 +155,10 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
                 except (grpc.aio.UsageError, RuntimeError):
                     return  # the device went away (cut link, cancelled fetch): it resumes from its offset
                 offset += len(data)
+                if rate:  # keep this stream at or under the configured bandwidth
+                    ahead = (offset - request.offset) / rate - (loop.time() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
         finally:
             handle.close()
 

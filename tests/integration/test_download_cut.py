@@ -32,6 +32,9 @@ def device(cp_sqlite, tmp_path):
     join = parse_join_string(cp_sqlite.join_string())
     ident = asyncio.run(enroll(join, data_dir=tmp_path / "dev", device_id="dev-1", facts=facts))
     deploy(cp_sqlite, "dev-1")
+    # 16 MiB/s per stream: the 8 MiB download takes about half a second, so it can be cut half-way.
+    services = cp_sqlite.running.services
+    services.config = services.config.model_copy(update={"artifact_bytes_per_second": 16 * 2**20})
     return ident, hashlib.sha256(payload).hexdigest(), payload
 
 
@@ -94,3 +97,12 @@ def test_control_plane_stopped_mid_download_resumes_after_restart(device, cp_sql
         cp_sqlite.stop = lambda: None  # already stopped; the fixture must not stop it twice
     assert result.resumed_from == partial and result.bytes_transferred == SIZE - partial
     assert hashlib.sha256(result.path.read_bytes()).hexdigest() == sha
+
+
+def test_download_rate_cap_is_honoured(device, tmp_path):
+    import time
+
+    ident, sha, _ = device
+    started = time.monotonic()
+    asyncio.run(_fetch(ident, sha, tmp_path / "blobs"))
+    assert time.monotonic() - started >= SIZE / (16 * 2**20) * 0.9
