@@ -43,8 +43,9 @@ async def enroll(
             response = await enrollment_pb2_grpc.EnrollmentStub(channel).Enroll(request, timeout=timeout_seconds)
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, "enrollment refused") from exc
-    keys = [key.hex() for key in response.trusted_publisher_keys]
+    # Trust only keys the operator pinned in the join string: the server alone can add none.
     pinned = set(join.publisher_key_ids)
+    keys = [key.hex() for key in response.trusted_publisher_keys] if pinned else []
     if pinned and {_key_id(k) for k in keys} != pinned:
         raise EnrollmentError("the server sent publisher keys that differ from those pinned in the join string")
     host_port = response.device_endpoint

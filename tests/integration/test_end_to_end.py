@@ -86,3 +86,43 @@ def test_publisher_key_pinned_at_join_lets_the_device_install_without_local_trus
         wait_for(lambda: client.serving_version() == 1, what="v1 serving with the key pinned at join")
     finally:
         client.close()
+
+
+def test_server_cannot_hand_a_device_keys_the_join_string_did_not_pin(cp, tmp_path):
+    """A join string without pins: whatever keys a (hijacked) server sends, the device trusts none;
+    a join string with pins: a server sending other keys is refused."""
+    import asyncio
+
+    from agent.enroll import enroll
+    from agent.errors import EnrollmentError
+    from agent.facts import collect_facts
+    from protos.join import JoinString, parse_join_string
+
+    key = register_key(cp, tmp_path)
+    from protos.bundle_io import load_public_key
+    from protos.bundles import key_id
+
+    real = key_id(load_public_key(key.with_name(key.name + ".pub")))
+    facts = collect_facts(data_dir=tmp_path, labels={})
+    stub, meta, channel = cp.admin()
+    with channel:
+        # The server was asked to hand over `real`, but this join string pins nothing.
+        pinned_join = parse_join_string(
+            stub.CreateJoinToken(
+                admin_pb2.CreateJoinTokenRequest(fleet="lab", publisher_key_ids=[real]), metadata=meta, timeout=10
+            ).join_string
+        )
+        other_join = parse_join_string(
+            stub.CreateJoinToken(
+                admin_pb2.CreateJoinTokenRequest(fleet="lab", publisher_key_ids=[real]), metadata=meta, timeout=10
+            ).join_string
+        )
+    unpinned = JoinString(pinned_join.server, pinned_join.ca_sha256, pinned_join.token_id, pinned_join.secret)
+    identity = asyncio.run(enroll(unpinned, data_dir=tmp_path / "a", device_id="dev-a", facts=facts))
+    assert identity.trusted_publisher_keys == []
+    wrong_pin = JoinString(
+        other_join.server, other_join.ca_sha256, other_join.token_id, other_join.secret, ("cd" * 32,)
+    )
+    with pytest.raises(EnrollmentError, match="differ from those pinned"):
+        asyncio.run(enroll(wrong_pin, data_dir=tmp_path / "b", device_id="dev-b", facts=facts))
+    assert not (tmp_path / "b" / "identity").exists()
