@@ -52,16 +52,30 @@ start() {
   wait_until "the control plane" test -s "$DEMO/ready"
   export EDGEFLEET_CONFIG=$SERVER_DIR/cli.toml
 
+  # A publisher key for the demo's model builds (a real deployment keeps it offline).
+  if [ ! -f "$DEMO/publisher.key" ]; then
+    "$EF" keys create --out "$DEMO/publisher.key" >/dev/null
+  fi
+  "$EF" keys register "$DEMO/publisher.key.pub" --name demo-release >/dev/null
+
   local join=""
   if [ ! -d "$AGENT_DIR/identity" ]; then
     join=$("$EF" tokens create --fleet demo --labels site=lab --ttl 15m 2>/dev/null)
   fi
   "$EF" agent --data-dir "$AGENT_DIR" --device-id demo-gw-1 ${join:+--join "$join"} \
-    >>"$DEMO/agent-1.log" 2>&1 &
+    --trust "$DEMO/publisher.key.pub" >>"$DEMO/agent-1.log" 2>&1 &
   echo $! >"$DEMO/agent-1.pid"
   wait_until "the agent to come online" sh -c "'$EF' devices list --json | grep -q '\"online\": true'"
 
+  # Ship the committed model builds: sign, upload, deploy, and wait until the device serves them.
+  for bundle in "$ROOT"/models/*/*/; do
+    "$EF" models push "$bundle" --key "$DEMO/publisher.key"
+  done
+  "$EF" deploy silero-vad:1:fp32 --device demo-gw-1
+  wait_until "the device to serve silero-vad" sh -c "'$EF' infer status --data-dir '$AGENT_DIR' | grep -q 'active silero-vad'"
+
   "$EF" devices list
+  "$EF" infer status --data-dir "$AGENT_DIR"
   cat <<TXT
 
 The control plane and one agent are running in the background (logs in $DEMO).
@@ -69,6 +83,9 @@ Explore:
   export EDGEFLEET_CONFIG=$SERVER_DIR/cli.toml
   $EF devices list
   $EF devices show demo-gw-1
+  $EF models list
+  $EF infer status --data-dir $AGENT_DIR
+  $EF telemetry events --device demo-gw-1
   $EF tokens create --fleet demo          # join another device
   $EF devices revoke demo-gw-1
 Stop: make demo-stop
