@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -49,9 +50,9 @@ class FetchResult:
     resumed_from: int
 
 
-def _write_and_hash(out, digest, data: bytes) -> None:
-    out.write(data)
-    digest.update(data)
+def _flush_and_sync(out) -> None:
+    out.flush()
+    os.fsync(out.fileno())
 
 
 def _sha256_prefix(path: Path) -> hashlib._Hash:
@@ -90,38 +91,56 @@ async def fetch_blob(
             agent_pb2.FetchArtifactRequest(sha256=sha256, offset=offset, chunk_bytes=policy.chunk_bytes)
         )
         chunks = call.__aiter__()
+        # While the next chunk arrives, the previous one is written (one thread) and hashed (another);
+        # each keeps its order because a new chunk waits for the previous write and hash.
+        writing: asyncio.Future | None = None
         try:
             with part.open("ab") as out:
-                while True:
-                    try:
-                        chunk = await asyncio.wait_for(anext(chunks), timeout=policy.stall_seconds)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError as exc:
-                        raise FetchError(
-                            f"download of {sha256[:12]} stalled: no data for {policy.stall_seconds:.0f} s",
-                            retryable=True,
-                        ) from exc
-                    if chunk.offset != offset:
-                        raise FetchError(f"server sent offset {chunk.offset}, expected {offset}", retryable=True)
-                    if offset + len(chunk.data) > size:
-                        raise FetchError(
-                            f"server sent more than the manifest's {size} bytes for {sha256[:12]}: refused",
-                            retryable=False,
+                try:
+                    while True:
+                        try:
+                            chunk = await asyncio.wait_for(anext(chunks), timeout=policy.stall_seconds)
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError as exc:
+                            raise FetchError(
+                                f"download of {sha256[:12]} stalled: no data for {policy.stall_seconds:.0f} s",
+                                retryable=True,
+                            ) from exc
+                        if chunk.offset != offset:
+                            raise FetchError(f"server sent offset {chunk.offset}, expected {offset}", retryable=True)
+                        if offset + len(chunk.data) > size:
+                            raise FetchError(
+                                f"server sent more than the manifest's {size} bytes for {sha256[:12]}: refused",
+                                retryable=False,
+                            )
+                        data = chunk.data
+                        if writing is not None:
+                            await writing
+                        # Off the loop: the next chunk arrives while this one is written and hashed.
+                        writing = asyncio.gather(
+                            asyncio.to_thread(out.write, data), asyncio.to_thread(digest.update, data)
                         )
-                    # Off the loop: the next chunk arrives while this one is written and hashed.
-                    await asyncio.to_thread(_write_and_hash, out, digest, chunk.data)
-                    offset += len(chunk.data)
-                    received += len(chunk.data)
-                    elapsed = time.monotonic() - started
-                    if elapsed > policy.throughput_grace_seconds and received / elapsed < policy.min_bytes_per_second:
-                        raise FetchError(
-                            f"download of {sha256[:12]} too slow: {received / elapsed:.0f} B/s "
-                            f"< {policy.min_bytes_per_second:.0f} B/s",
-                            retryable=True,
-                        )
-                out.flush()
-                os.fsync(out.fileno())
+                        offset += len(data)
+                        received += len(data)
+                        elapsed = time.monotonic() - started
+                        if (
+                            elapsed > policy.throughput_grace_seconds
+                            and received / elapsed < policy.min_bytes_per_second
+                        ):
+                            raise FetchError(
+                                f"download of {sha256[:12]} too slow: {received / elapsed:.0f} B/s "
+                                f"< {policy.min_bytes_per_second:.0f} B/s",
+                                retryable=True,
+                            )
+                    if writing is not None:
+                        await writing
+                        writing = None
+                finally:  # never close the file under a write still running
+                    if writing is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(writing)
+                await asyncio.to_thread(_flush_and_sync, out)
         except grpc.aio.AioRpcError as exc:
             retryable = exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED)
             raise FetchError(f"download of {sha256[:12]} failed: {exc.details()}", retryable=retryable) from exc

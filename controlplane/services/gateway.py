@@ -152,8 +152,10 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
                     break
                 try:
                     await context.write(agent_pb2.ArtifactChunk(offset=offset, data=data, total_bytes=size))
-                except (grpc.aio.UsageError, RuntimeError):
-                    return  # the device went away (cut link, cancelled fetch): it resumes from its offset
+                except Exception as exc:  # noqa: BLE001 - grpc raises several internal types for a gone peer
+                    # The device went away (cut link, cancelled fetch): it resumes from its offset.
+                    log.debug("artifact stream to %s ended at %d: %r", device.device_id, offset, exc)
+                    return
                 offset += len(data)
                 if rate:  # keep this stream at or under the configured bandwidth
                     ahead = (offset - request.offset) / rate - (loop.time() - started)

@@ -73,7 +73,7 @@ def main() -> int:
     from agent.channel import secure_channel
     from agent.enroll import enroll
     from agent.facts import collect_facts
-    from agent.fetch import FetchPolicy, fetch_blob
+    from agent.fetch import FetchError, FetchPolicy, fetch_blob
     from controlplane.cli.models import push_bundle
     from protos.bundle_io import load_public_key, write_key_pair
     from protos.edgefleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
@@ -124,25 +124,45 @@ def main() -> int:
             )
             admin_channel.close()
 
+            class CutStub:
+                """The device stub, but the stream stops after ``limit`` bytes: a link cut at that point."""
+
+                def __init__(self, stub, limit: int) -> None:
+                    self.stub, self.limit = stub, limit
+
+                def FetchArtifact(self, request):  # noqa: N802 - gRPC name
+                    call = self.stub.FetchArtifact(request)
+                    limit = self.limit
+
+                    class Cut:
+                        def __aiter__(self):
+                            return self._chunks()
+
+                        async def _chunks(self):
+                            sent = 0
+                            async for chunk in call:
+                                if sent + len(chunk.data) > limit:
+                                    return
+                                sent += len(chunk.data)
+                                yield chunk
+
+                        def cancel(self) -> None:
+                            call.cancel()
+
+                    return Cut()
+
             async def fetch(directory: Path, cut_at: float | None = None):
                 async with secure_channel(ident.device_endpoint, ca_pem=ident.ca_pem, server_name=TLS_SERVER_NAME,
                                           key_pem=ident.key_pem, cert_pem=ident.cert_pem) as channel:  # fmt: skip
                     stub = agent_pb2_grpc.AgentGatewayStub(channel)
-                    # The cut run uses small chunks so that it can be cut near half-way.
-                    policy = FetchPolicy(chunk_bytes=64 * 1024) if cut_at is not None else FetchPolicy()
-                    task = asyncio.ensure_future(fetch_blob(stub, sha, size, directory, policy=policy))
-                    if cut_at is not None:
-                        part = directory / f"{sha}.part"
-                        while not task.done():
-                            if part.exists() and part.stat().st_size >= cut_at * size:
-                                task.cancel()
-                                break
-                            await asyncio.sleep(0.0005)
-                        try:
-                            await task
-                        except asyncio.CancelledError:
-                            return None
-                    return await task
+                    if cut_at is None:
+                        return await fetch_blob(stub, sha, size, directory, policy=FetchPolicy())
+                    try:
+                        await fetch_blob(CutStub(stub, int(size * cut_at)), sha, size, directory, policy=FetchPolicy())
+                    except FetchError as exc:
+                        assert exc.retryable, exc
+                        return None
+                    raise SystemExit("the cut download did not stop")
 
             # Each measurement starts with no dirty pages, so the kernel's writeback throttling
             # (left over from writing the bundle and the upload) hits neither side.
