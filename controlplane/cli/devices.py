@@ -54,10 +54,11 @@ def list_devices(
             str(d.facts.cpu_cores or "-"),
             output.gib(d.facts.memory_total_bytes),
             d.facts.onnxruntime_version or "-",
+            ", ".join(f"{a.model.name}:{a.model.version}:{a.model.variant}" for a in d.active) or "-",
         ]
         for d in devices
     ]
-    columns = ["DEVICE", "FLEET", "STATE", "LAST SEEN", "CLASS", "ARCH", "CORES", "RAM", "ONNXRUNTIME"]
+    columns = ["DEVICE", "FLEET", "STATE", "LAST SEEN", "CLASS", "ARCH", "CORES", "RAM", "ONNXRUNTIME", "SERVING"]
     output.stdout().print(output.table(None, columns, rows))
     if not rows and not fleet:
         output.stderr().print("no devices yet: create a join string with `edgefleet tokens create --fleet NAME`")
