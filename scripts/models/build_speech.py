@@ -1,0 +1,252 @@
+"""Build the FSDD spoken-digit bundles: train a DS-CNN, export, quantize, measure, write bundle dirs.
+
+    .venv/bin/python -m scripts.models.build_speech [--epochs 30] [--loso-epochs 12] [--skip-loso]
+
+Writes ``models/speech-command/fsdd-digits-<variant>/`` (model.onnx, labels.txt,
+manifest.json) for every variant that applies, prints the per-variant table and the
+leave-one-speaker-out table on stdout; progress goes to stderr. Needs torch (CPU) and the
+vendored ``data/fsdd``; nothing from the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import json_format
+
+from protos.edgefleet.v1 import bundle_pb2
+from protos.tensors import from_numpy
+from scripts.models import speech_train, speech_variants
+from scripts.models.data import ROOT, Clip, fsdd_leave_one_speaker_out, fsdd_official_split, load_fsdd
+
+NAME = "fsdd-digits"
+VERSION = 1
+MODEL_FILE = "model.onnx"
+EVAL_SET = "FSDD official test split (takes 0-4)"
+MAX_ACCURACY_DROP = 0.02
+CALIBRATION_CLIPS = 200
+GOLDEN_CLIPS = 3
+TOLERANCE = {  # (abs, rel): quantized kernels differ between CPUs, fp32 does not
+    "fp32": (1e-4, 1e-4),
+    "fp16": (2e-2, 1e-2),
+    "int8-dynamic": (0.15, 0.03),
+    "int8-static-qdq": (0.15, 0.03),
+    "int8-static-qop": (0.15, 0.03),
+    "int4-weight": (0.15, 0.03),
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def slice_metrics(clips: Sequence[Clip], predicted: np.ndarray) -> tuple[float, list[bundle_pb2.SliceMetric], float]:
+    """(overall accuracy, accuracy per speaker and per accent, largest gap between two slices of one kind)."""
+    correct = predicted == np.array([c.digit for c in clips])
+    slices, gap = [], 0.0
+    for kind in ("speaker", "accent"):
+        values = []
+        for name in sorted({getattr(c, kind) for c in clips}):
+            mask = np.array([getattr(c, kind) == name for c in clips])
+            value = float(correct[mask].mean())
+            values.append(value)
+            slices.append(
+                bundle_pb2.SliceMetric(
+                    slice_kind=kind, slice=name, metric="accuracy", value=value, examples=int(mask.sum())
+                )
+            )
+        gap = max(gap, max(values) - min(values))
+    return float(correct.mean()), slices, gap
+
+
+def golden_clips(clips: Sequence[Clip], predicted: np.ndarray) -> list[int]:
+    """Indices of test clips of different speakers and digits that the fp32 model gets right."""
+    chosen: list[int] = []
+    for i, clip in enumerate(clips):
+        if predicted[i] != clip.digit:
+            continue
+        if any(clips[j].speaker == clip.speaker or clips[j].digit == clip.digit for j in chosen):
+            continue
+        chosen.append(i)
+        if len(chosen) == GOLDEN_CLIPS:
+            break
+    return chosen
+
+
+def write_bundle(
+    directory: Path,
+    variant: str,
+    onnx_path: Path,
+    *,
+    metrics: bundle_pb2.BuildMetrics,
+    golden: list[tuple[Clip, np.ndarray, np.ndarray]],
+    description: str,
+    source_model: str,
+) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    shutil.copyfile(onnx_path, directory / MODEL_FILE)
+    (directory / speech_train.LABELS_FILE).write_text("\n".join(speech_train.LABELS) + "\n", encoding="utf-8")
+    atol, rtol = TOLERANCE[variant]
+    manifest = bundle_pb2.BundleManifest(
+        format_version=1,
+        name=NAME,
+        version=VERSION,
+        variant=variant,
+        model_file=MODEL_FILE,
+        requirements=bundle_pb2.RuntimeRequirements(opset=speech_train.OPSET, min_onnxruntime_version="1.16"),
+        preprocessing=bundle_pb2.Preprocessing(audio=speech_train.FRONT_END),
+        metrics=metrics,
+        golden=[
+            bundle_pb2.GoldenCase(
+                name=f"{clip.digit}_{clip.speaker}_{clip.take}",
+                inputs=[from_numpy("features", inputs)],
+                expected_outputs=[from_numpy("logits", logits)],
+                abs_tolerance=atol,
+                rel_tolerance=rtol,
+                expected_label=speech_train.LABELS[clip.digit],
+            )
+            for clip, inputs, logits in golden
+        ],
+        description=description,
+        created_at=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+        source_model=source_model,
+        licences={"FSDD recordings (training data)": "CC BY-SA 4.0"},
+    )
+    data = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
+    data["task"] = "speech-command"
+    data["files"] = [
+        {"path": MODEL_FILE, "role": "model"},
+        {"path": speech_train.LABELS_FILE, "role": "labels"},
+    ]
+    (directory / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def leave_one_speaker_out(clips: Sequence[Clip], epochs: int, seed: int) -> list[bundle_pb2.SliceMetric]:
+    rows = []
+    for speaker in sorted({c.speaker for c in clips}):
+        train, test = fsdd_leave_one_speaker_out(clips, speaker)
+        log(f"LOSO: training without {speaker} ({len(train)} clips)")
+        model = speech_train.train(train, epochs=epochs, seed=seed, log=lambda _: None)
+        predicted = speech_train.predict(model, speech_train.clip_features(test))
+        value = float((predicted == np.array([c.digit for c in test])).mean())
+        log(f"LOSO {speaker}: {value:.4f}")
+        rows.append(
+            bundle_pb2.SliceMetric(
+                slice_kind="loso-speaker", slice=speaker, metric="accuracy", value=value, examples=len(test)
+            )
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "models" / "speech-command")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--loso-epochs", type=int, default=12)
+    parser.add_argument("--skip-loso", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    clips = load_fsdd()
+    train, test = fsdd_official_split(clips)
+    log(f"training on {len(train)} clips (takes 5-49), testing on {len(test)} (takes 0-4)")
+    model = speech_train.train(train, epochs=args.epochs, seed=args.seed, log=log)
+    log(f"DS-CNN with {speech_train.parameter_count(model)} parameters")
+    test_inputs = speech_train.clip_features(test)
+    rng = np.random.default_rng(args.seed)
+    calibration = speech_train.clip_features([train[i] for i in rng.permutation(len(train))[:CALIBRATION_CLIPS]])
+    loso = [] if args.skip_loso else leave_one_speaker_out(clips, args.loso_epochs, args.seed)
+
+    cpu = speech_variants.cpu_model()
+    rows, fp32_accuracy, golden_index = [], None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = speech_train.export_onnx(model, work / "fp32.onnx")
+        for variant in ("fp32", *speech_variants.MAKERS):
+            path = work / f"{variant}.onnx"
+            if variant == "fp32":
+                how = f"DS-CNN ({speech_train.parameter_count(model)} parameters) trained from scratch, fp32"
+            else:
+                try:
+                    how = speech_variants.MAKERS[variant](fp32, path, calibration)
+                except speech_variants.NotApplicable as exc:
+                    log(f"{variant}: {exc}")
+                    rows.append({"variant": variant, "status": str(exc)})
+                    continue
+            measured, logits = speech_variants.measure(path, test_inputs, work / variant)
+            predicted = logits.argmax(axis=1)
+            accuracy, slices, gap = slice_metrics(test, predicted)
+            if fp32_accuracy is None:
+                fp32_accuracy, golden_index = accuracy, golden_clips(test, predicted)
+            drop = fp32_accuracy - accuracy
+            status = "ok"
+            if drop > MAX_ACCURACY_DROP:
+                status = f"accuracy {100 * drop:.1f} points below fp32: do not deploy"
+                how += f". WARNING: {status}"
+            size = path.stat().st_size
+            metrics = bundle_pb2.BuildMetrics(
+                overall={"accuracy": accuracy},
+                slices=slices + (loso if variant == "fp32" else []),
+                max_slice_gap=gap,
+                file_size_bytes=size,
+                measured_on_cpu=cpu,
+                measured_threads=1,
+                eval_set=EVAL_SET,
+                **measured,
+            )
+            if variant == "fp32" and loso:
+                metrics.overall["loso_mean_accuracy"] = float(np.mean([r.value for r in loso]))
+            golden = [(test[i], test_inputs[i : i + 1], logits[i : i + 1]) for i in golden_index]
+            write_bundle(
+                args.out / f"{NAME}-{variant}",
+                variant,
+                path,
+                metrics=metrics,
+                golden=golden,
+                description=f"Spoken digits 0-9 (FSDD), log-mel 40x100 at 8 kHz. {how}",
+                source_model="scripts/models/build_speech.py" + ("" if variant == "fp32" else f" from {NAME}-fp32"),
+            )
+            rows.append({"variant": variant, "status": status, "accuracy": accuracy, "max_slice_gap": gap,
+                         "size_bytes": size, **measured,
+                         "slices": {f"{s.slice_kind}:{s.slice}": s.value for s in slices}})  # fmt: skip
+            log(f"{variant}: accuracy {accuracy:.4f}, {size} bytes, p50 {measured['latency_p50_ms']:.3f} ms")
+
+    print(f"CPU: {cpu}, 1 thread; eval set: {EVAL_SET}")
+    columns = ("variant", "accuracy", "max slice gap", "size (bytes)", "load (ms)", "peak RSS (MiB)", "p50 (ms)")
+    print("| " + " | ".join((*columns, "p95 (ms)", "status")) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "accuracy" not in r:
+            print(f"| {r['variant']} | - | - | - | - | - | - | - | {r['status']} |")
+            continue
+        print(
+            f"| {r['variant']} | {100 * r['accuracy']:.1f}% | {100 * r['max_slice_gap']:.1f} | {r['size_bytes']} "
+            f"| {r['load_time_ms']:.1f} | {r['peak_rss_bytes'] / 2**20:.1f} | {r['latency_p50_ms']:.3f} "
+            f"| {r['latency_p95_ms']:.3f} | {r['status']} |"
+        )
+    if rows and "slices" in rows[0]:
+        print("fp32 slices: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rows[0]["slices"].items()))
+    if loso:
+        print("| LOSO held-out speaker | accuracy |\n|---|---|")
+        for r in loso:
+            print(f"| {r.slice} | {100 * r.value:.1f}% |")
+        print(f"| mean | {100 * np.mean([r.value for r in loso]):.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
