@@ -72,10 +72,14 @@ start() {
     "$EF" models push "$bundle" --key "$DEMO/publisher.key"
   done
   "$EF" deploy silero-vad:1:fp32 --device demo-gw-1
-  wait_until "the device to serve silero-vad" sh -c "'$EF' infer status --data-dir '$AGENT_DIR' | grep -q 'active silero-vad'"
+  "$EF" deploy fsdd-digits:1:fp32 --device demo-gw-1
+  wait_until "the device to serve its models" sh -c \
+    "'$EF' infer status --data-dir '$AGENT_DIR' | grep -q 'active silero-vad' && '$EF' infer status --data-dir '$AGENT_DIR' | grep -q 'active fsdd-digits'"
 
   "$EF" devices list
   "$EF" infer status --data-dir "$AGENT_DIR"
+  echo "a real recording of someone saying 'two' (FSDD, CC BY-SA 4.0), through the device's local API:"
+  "$EF" infer audio "$ROOT/tests/agent/data/fsdd/2_theo_34.wav" --data-dir "$AGENT_DIR"
   cat <<TXT
 
 The control plane and one agent are running in the background (logs in $DEMO).
@@ -85,6 +89,8 @@ Explore:
   $EF devices show demo-gw-1
   $EF models list
   $EF infer status --data-dir $AGENT_DIR
+  $EF infer audio tests/agent/data/fsdd/6_nicolas_7.wav --data-dir $AGENT_DIR --json
+  $EF telemetry latency --device demo-gw-1 --by variant
   $EF telemetry events --device demo-gw-1
   $EF tokens create --fleet demo          # join another device
   $EF devices revoke demo-gw-1

@@ -1,5 +1,6 @@
 """The README's first command: the demo starts a control plane and an agent, ships the committed
-model builds, and leaves a device serving them; running it twice works; stop ends both."""
+model builds, leaves a device serving them and answering a real recording; running it twice
+works; stop ends both."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def test_demo_runs_twice_and_stops(tmp_path):
             started = demo("start")
             assert started.returncode == 0, started.stderr[-2000:]
             assert "demo-gw-1" in started.stdout and "online" in started.stdout
-            assert "active silero-vad:1:fp32" in started.stdout
+            assert "active silero-vad:1:fp32" in started.stdout and "active fsdd-digits:1:fp32" in started.stdout
+            assert "two (" in started.stdout  # a real recording of "two" recognised on the device
     finally:
         stopped = demo("stop")
     assert stopped.returncode == 0 and "demo stopped" in stopped.stdout
