@@ -73,13 +73,16 @@ start() {
   done
   "$EF" deploy silero-vad:1:fp32 --device demo-gw-1
   "$EF" deploy fsdd-digits:1:fp32 --device demo-gw-1
+  "$EF" deploy snips-nlu-student:1:fp32 --device demo-gw-1
   wait_until "the device to serve its models" sh -c \
-    "'$EF' infer status --data-dir '$AGENT_DIR' | grep -q 'active silero-vad' && '$EF' infer status --data-dir '$AGENT_DIR' | grep -q 'active fsdd-digits'"
+    "'$EF' infer status --data-dir '$AGENT_DIR' | grep -c 'active ' | grep -qx 3"
 
   "$EF" devices list
   "$EF" infer status --data-dir "$AGENT_DIR"
   echo "a real recording of someone saying 'two' (FSDD, CC BY-SA 4.0), through the device's local API:"
   "$EF" infer audio "$ROOT/tests/agent/data/fsdd/2_theo_34.wav" --data-dir "$AGENT_DIR"
+  echo "a request to the device's text model:"
+  "$EF" infer text "play some jazz music" --data-dir "$AGENT_DIR"
   cat <<TXT
 
 The control plane and one agent are running in the background (logs in $DEMO).
@@ -90,6 +93,7 @@ Explore:
   $EF models list
   $EF infer status --data-dir $AGENT_DIR
   $EF infer audio tests/agent/data/fsdd/6_nicolas_7.wav --data-dir $AGENT_DIR --json
+  $EF infer text "book a table for two in Paris tomorrow" --data-dir $AGENT_DIR --json
   $EF telemetry latency --device demo-gw-1 --by variant
   $EF telemetry events --device demo-gw-1
   $EF tokens create --fleet demo          # join another device

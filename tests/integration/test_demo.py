@@ -41,6 +41,7 @@ def test_demo_runs_twice_and_stops(tmp_path):
             assert "demo-gw-1" in started.stdout and "online" in started.stdout
             assert "active silero-vad:1:fp32" in started.stdout and "active fsdd-digits:1:fp32" in started.stdout
             assert "two (" in started.stdout  # a real recording of "two" recognised on the device
+            assert "PlayMusic (" in started.stdout and "genre='jazz'" in started.stdout
     finally:
         stopped = demo("stop")
     assert stopped.returncode == 0 and "demo stopped" in stopped.stdout
