@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
-import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -38,6 +36,7 @@ from google.protobuf import json_format
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
 from scripts.models.build_vad import cpu_model
+from scripts.models.bundle_dir import write_bundle_dir
 from scripts.models.data import SNIPS_INTENTS, load_snips, snips_split
 from scripts.models.nlu_labels import MAX_SEQUENCE_LENGTH, TAGS, Scores, encode, load_tokenizer, score, teacher_dir
 
@@ -292,21 +291,9 @@ def write_bundle(out, variant, model_path, sess, scores, tokenizer, tokenizer_js
     )
     data = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
     data["task"] = "text-nlu"
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / f"snips-student-{variant}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=out))
-    try:
-        for path, (_, payload) in files.items():
-            (staging / path).write_bytes(payload)
-        (staging / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return write_bundle_dir(
+        out, f"snips-student-{variant}", {path: payload for path, (_, payload) in files.items()}, data
+    )
 
 
 if __name__ == "__main__":

@@ -22,12 +22,9 @@ import argparse
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +40,7 @@ from agent.pipelines.audio import VAD_CHUNK, VAD_CONTEXT
 from agent.pipelines.frontend import read_wav
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
+from scripts.models.bundle_dir import write_bundle_dir
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "models" / "vad"
@@ -304,21 +302,8 @@ def build_bundle(
     )
     data = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
     data["task"] = "vad"
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{NAME}-{variant}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=out))
-    try:
-        for path, (_, payload) in files.items():
-            (staging / path).write_bytes(payload)
-        (staging / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    payloads = {path: payload for path, (_, payload) in files.items()}
+    return write_bundle_dir(out, f"{NAME}-{variant}", payloads, data)
 
 
 if __name__ == "__main__":
