@@ -38,31 +38,56 @@ def device(cp_sqlite, tmp_path):
     return ident, hashlib.sha256(payload).hexdigest(), payload
 
 
-async def _fetch(ident, sha, directory, *, cut=None):
-    """Fetch; with cut, call cut() once half of the blob is on disk, then let the attempt end."""
+class CutAtHalf:
+    """The device's stub, with a hook run once half of the blob has been received: the hook cuts
+    the link (or stops the control plane); the stream then ends or fails as a real cut would."""
+
+    def __init__(self, stub, hook) -> None:
+        self.stub, self.hook = stub, hook
+
+    def FetchArtifact(self, request):  # noqa: N802 - gRPC name
+        call, hook = self.stub.FetchArtifact(request), self.hook
+
+        class Stream:
+            def __aiter__(self):
+                return self._chunks()
+
+            async def _chunks(self):
+                received, hooked = request.offset, False
+                async for chunk in call:
+                    yield chunk
+                    received += len(chunk.data)
+                    if not hooked and received >= SIZE // 2:
+                        hooked = True
+                        if await hook(call):
+                            return  # the link is gone: no more bytes arrive
+
+            def cancel(self) -> None:
+                call.cancel()
+
+        return Stream()
+
+
+async def _fetch(ident, sha, directory, *, hook=None):
     async with secure_channel(
         ident.device_endpoint, ca_pem=ident.ca_pem, server_name=TLS_SERVER_NAME,
         key_pem=ident.key_pem, cert_pem=ident.cert_pem,
     ) as channel:  # fmt: skip
-        task = asyncio.ensure_future(fetch_blob(agent_pb2_grpc.AgentGatewayStub(channel), sha, SIZE, directory,
-                                                policy=POLICY))  # fmt: skip
-        if cut is not None:
-            part = directory / f"{sha}.part"
-            while not task.done() and not (part.exists() and part.stat().st_size >= SIZE // 2):
-                await asyncio.sleep(0.001)
-            await cut(task)
-        return await task
+        stub = agent_pb2_grpc.AgentGatewayStub(channel)
+        return await fetch_blob(CutAtHalf(stub, hook) if hook else stub, sha, SIZE, directory, policy=POLICY)
 
 
 def test_dropped_connection_resumes_with_only_the_rest(device, tmp_path):
     ident, sha, payload = device
     directory = tmp_path / "blobs"
 
-    async def drop(task):
-        task.cancel()
+    async def drop(call):
+        call.cancel()
+        return True
 
-    with pytest.raises(asyncio.CancelledError):
-        asyncio.run(_fetch(ident, sha, directory, cut=drop))
+    with pytest.raises(FetchError, match="ended at") as cut:
+        asyncio.run(_fetch(ident, sha, directory, hook=drop))
+    assert cut.value.retryable
     partial = (directory / f"{sha}.part").stat().st_size
     assert SIZE // 2 <= partial < SIZE
     result = asyncio.run(_fetch(ident, sha, directory))
@@ -74,11 +99,12 @@ def test_control_plane_stopped_mid_download_resumes_after_restart(device, cp_sql
     ident, sha, payload = device
     directory = tmp_path / "blobs"
 
-    async def stop_device_port(task):
-        cp_sqlite.call(cp_sqlite.running.device_server.stop(0))
+    async def stop_device_port(call):
+        await asyncio.to_thread(cp_sqlite.call, cp_sqlite.running.device_server.stop(0))
+        return False  # keep reading: the stream fails as the server goes away
 
     with pytest.raises(FetchError) as cut:
-        asyncio.run(_fetch(ident, sha, directory, cut=stop_device_port))
+        asyncio.run(_fetch(ident, sha, directory, hook=stop_device_port))
     assert cut.value.retryable
     partial = (directory / f"{sha}.part").stat().st_size
     assert SIZE // 2 <= partial < SIZE
