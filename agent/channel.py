@@ -3,10 +3,15 @@ become agent errors."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 
 from agent.errors import AgentError, EnrollmentError, TransportError
 from protos.limits import MAX_SESSION_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from agent.identity import Identity
 
 # Codes after which retrying with the same credentials cannot help.
 FATAL_CODES = {
@@ -36,6 +41,17 @@ def secure_channel(
     )
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
     return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+def device_channel(identity: Identity) -> grpc.aio.Channel:
+    """A mutual-TLS channel to the device port, as the device named by identity."""
+    return secure_channel(
+        identity.device_endpoint,
+        ca_pem=identity.ca_pem,
+        server_name=identity.tls_server_name,
+        key_pem=identity.key_pem,
+        cert_pem=identity.cert_pem,
+    )
 
 
 def translate(exc: grpc.aio.AioRpcError, action: str) -> AgentError:

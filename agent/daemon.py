@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 
-from agent.channel import secure_channel
+from agent.channel import device_channel
 from agent.config import AgentConfig
 from agent.enroll import enroll
 from agent.errors import AgentConfigError, IdentityError
@@ -143,13 +143,7 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         send=session.send,
         flush_seconds=config.telemetry_flush_seconds,
     )
-    channel = secure_channel(
-        identity.device_endpoint,
-        ca_pem=identity.ca_pem,
-        server_name=identity.tls_server_name,
-        key_pem=identity.key_pem,
-        cert_pem=identity.cert_pem,
-    )
+    channel = device_channel(identity)
     shell = ReconcileShell(
         data_dir=config.data_dir,
         facts=facts_provider(config),

@@ -26,7 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent import __version__
 from agent.backoff import Backoff, BackoffTimer
-from agent.channel import FATAL_CODES, secure_channel
+from agent.channel import FATAL_CODES, device_channel
 from agent.identity import Identity
 from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from protos.limits import PROTOCOL_VERSION
@@ -141,13 +141,7 @@ class Session:
 
     async def _run_once(self) -> None:
         ident = self.identity
-        async with secure_channel(
-            ident.device_endpoint,
-            ca_pem=ident.ca_pem,
-            server_name=ident.tls_server_name,
-            key_pem=ident.key_pem,
-            cert_pem=ident.cert_pem,
-        ) as channel:
+        async with device_channel(ident) as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=self._connect_timeout)
             stub = agent_pb2_grpc.AgentGatewayStub(channel)
             call = stub.Session(self._outgoing())

@@ -70,7 +70,7 @@ def main() -> int:
 
     import grpc
 
-    from agent.channel import secure_channel
+    from agent.channel import device_channel
     from agent.enroll import enroll
     from agent.facts import collect_facts
     from agent.fetch import FetchError, FetchPolicy, fetch_blob
@@ -152,8 +152,7 @@ def main() -> int:
                     return Cut()
 
             async def fetch(directory: Path, cut_at: float | None = None):
-                async with secure_channel(ident.device_endpoint, ca_pem=ident.ca_pem, server_name=TLS_SERVER_NAME,
-                                          key_pem=ident.key_pem, cert_pem=ident.cert_pem) as channel:  # fmt: skip
+                async with device_channel(ident) as channel:  # fmt: skip
                     stub = agent_pb2_grpc.AgentGatewayStub(channel)
                     if cut_at is None:
                         return await fetch_blob(stub, sha, size, directory, policy=FetchPolicy())
@@ -185,8 +184,7 @@ def main() -> int:
             raw_seconds = sorted(raw_runs)[len(raw_runs) // 2]
 
             async def discard() -> float:
-                async with secure_channel(ident.device_endpoint, ca_pem=ident.ca_pem, server_name=TLS_SERVER_NAME,
-                                          key_pem=ident.key_pem, cert_pem=ident.cert_pem) as channel:  # fmt: skip
+                async with device_channel(ident) as channel:  # fmt: skip
                     stub = agent_pb2_grpc.AgentGatewayStub(channel)
                     started = time.perf_counter()
                     request = agent_pb2.FetchArtifactRequest(sha256=sha, chunk_bytes=1 << 20)

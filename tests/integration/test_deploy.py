@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.channel import secure_channel
+from agent.channel import device_channel
 from agent.enroll import enroll
 from agent.facts import collect_facts
 from agent.fetch import fetch_blob
@@ -19,7 +19,6 @@ from controlplane.cli.models import push_bundle
 from protos import bundles
 from protos.edgefleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, bundle_pb2, common_pb2
 from protos.join import parse_join_string
-from protos.limits import TLS_SERVER_NAME
 from tests.bundles import make_bundle_dir
 
 EXTRA_BYTES = 600 * 1024  # more than two default chunks of 256 KiB
@@ -48,16 +47,6 @@ def identity(cp, tmp_path: Path, device_id: str, fleet: str = "lab"):
     facts = collect_facts(data_dir=tmp_path, labels={})
     join = parse_join_string(cp.join_string(fleet))
     return asyncio.run(enroll(join, data_dir=tmp_path / device_id, device_id=device_id, facts=facts))
-
-
-def channel_of(ident):
-    return secure_channel(
-        ident.device_endpoint,
-        ca_pem=ident.ca_pem,
-        server_name=TLS_SERVER_NAME,
-        key_pem=ident.key_pem,
-        cert_pem=ident.cert_pem,
-    )
 
 
 def deploy(cp, device_id: str = "", fleet: str = "", *, name="tiny", version=1, variant="", token=None):
@@ -97,7 +86,7 @@ def test_deploys_reach_the_open_session_and_every_new_session(cp, cli, key, tmp_
     dev = identity(cp, tmp_path, "dev-a")
 
     async def converse():
-        async with channel_of(dev) as channel:
+        async with device_channel(dev) as channel:
             call = agent_pb2_grpc.AgentGatewayStub(channel).Session(timeout=30)
             await call.write(hello("dev-a"))
             welcome = await call.read()
@@ -123,7 +112,7 @@ def test_deploys_reach_the_open_session_and_every_new_session(cp, cli, key, tmp_
     assert out == "dev-a: tiny:1:fp32 generation 3 (sent)\n"
 
     async def reconnect():
-        async with channel_of(dev) as channel:
+        async with device_channel(dev) as channel:
             call = agent_pb2_grpc.AgentGatewayStub(channel).Session(timeout=30)
             await call.write(hello("dev-a"))
             received = [await call.read(), await asyncio.wait_for(call.read(), 10)]
@@ -150,7 +139,7 @@ def test_devices_fetch_only_what_they_were_told_to_install(cp, key, tmp_path) ->
     other_blob = next(f for f in other_manifest.files if f.path == "other.bin").sha256
 
     async def fetch(ident, sha256: str, offset: int = 0, chunk_bytes: int = 0):
-        async with channel_of(ident) as channel:
+        async with device_channel(ident) as channel:
             stub = agent_pb2_grpc.AgentGatewayStub(channel)
             return [
                 c
@@ -165,7 +154,7 @@ def test_devices_fetch_only_what_they_were_told_to_install(cp, key, tmp_path) ->
         return caught.value.code(), caught.value.details()
 
     async def manifest_of(ident):
-        async with channel_of(ident) as channel:
+        async with device_channel(ident) as channel:
             return await agent_pb2_grpc.AgentGatewayStub(channel).FetchManifest(
                 agent_pb2.FetchManifestRequest(model=ref_of(build)), timeout=10
             )
@@ -210,7 +199,7 @@ def test_devices_fetch_only_what_they_were_told_to_install(cp, key, tmp_path) ->
     (downloads / f"{vocab.sha256}.part").write_bytes(extra[:half])
 
     async def agent_fetch():
-        async with channel_of(dev_a) as channel:
+        async with device_channel(dev_a) as channel:
             return await fetch_blob(agent_pb2_grpc.AgentGatewayStub(channel), vocab.sha256, vocab.size_bytes, downloads)
 
     result = asyncio.run(agent_fetch())

@@ -9,13 +9,12 @@ import os
 
 import pytest
 
-from agent.channel import secure_channel
+from agent.channel import device_channel
 from agent.enroll import enroll
 from agent.facts import collect_facts
 from agent.fetch import FetchError, FetchPolicy, fetch_blob
 from protos.edgefleet.v1 import agent_pb2_grpc
 from protos.join import parse_join_string
-from protos.limits import TLS_SERVER_NAME
 from tests.integration.shipping import deploy, publish, register_key
 
 SIZE = 8 * 2**20
@@ -69,10 +68,7 @@ class CutAtHalf:
 
 
 async def _fetch(ident, sha, directory, *, hook=None):
-    async with secure_channel(
-        ident.device_endpoint, ca_pem=ident.ca_pem, server_name=TLS_SERVER_NAME,
-        key_pem=ident.key_pem, cert_pem=ident.cert_pem,
-    ) as channel:  # fmt: skip
+    async with device_channel(ident) as channel:  # fmt: skip
         stub = agent_pb2_grpc.AgentGatewayStub(channel)
         return await fetch_blob(CutAtHalf(stub, hook) if hook else stub, sha, SIZE, directory, policy=POLICY)
 

@@ -10,13 +10,12 @@ import json
 import grpc
 import pytest
 
-from agent.channel import secure_channel
+from agent.channel import device_channel
 from agent.enroll import enroll
 from agent.facts import collect_facts
 from protos.edgefleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2, telemetry_pb2
 from protos.histogram import Histogram, bucket_index, bucket_range
 from protos.join import parse_join_string
-from protos.limits import TLS_SERVER_NAME
 from tests.integration.harness import wait_for
 
 DEVICE = "dev-t"
@@ -62,13 +61,7 @@ def _batch(sequence: int, samples: list[float], *, device_id: str = DEVICE) -> t
 
 async def _converse(identity, messages: list[agent_pb2.AgentMessage], acks: int) -> list[agent_pb2.ControlMessage]:
     """Open a session, send Hello then messages, and return the first ``acks`` control messages after Welcome."""
-    async with secure_channel(
-        identity.device_endpoint,
-        ca_pem=identity.ca_pem,
-        server_name=TLS_SERVER_NAME,
-        key_pem=identity.key_pem,
-        cert_pem=identity.cert_pem,
-    ) as channel:
+    async with device_channel(identity) as channel:
         call = agent_pb2_grpc.AgentGatewayStub(channel).Session(timeout=30)
         hello = agent_pb2.Hello(device_id=DEVICE, boot_id="boot-1", protocol_version=1)
         await call.write(agent_pb2.AgentMessage(hello=hello))
@@ -135,13 +128,7 @@ def test_a_status_report_shows_in_devices_show(cp, identity, cli):
     status = agent_pb2.StatusReport(generation=4, phase=agent_pb2.COMMITTED, active=[active])
 
     async def send_status():
-        async with secure_channel(
-            identity.device_endpoint,
-            ca_pem=identity.ca_pem,
-            server_name=TLS_SERVER_NAME,
-            key_pem=identity.key_pem,
-            cert_pem=identity.cert_pem,
-        ) as channel:
+        async with device_channel(identity) as channel:
             call = agent_pb2_grpc.AgentGatewayStub(channel).Session(timeout=30)
             await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(device_id=DEVICE, boot_id="b")))
             await call.read()
@@ -164,13 +151,7 @@ def test_a_status_report_shows_in_devices_show(cp, identity, cli):
 
 def test_unary_send_telemetry_acks_and_deduplicates(cp, identity, cli):
     async def send(batch):
-        async with secure_channel(
-            identity.device_endpoint,
-            ca_pem=identity.ca_pem,
-            server_name=TLS_SERVER_NAME,
-            key_pem=identity.key_pem,
-            cert_pem=identity.cert_pem,
-        ) as channel:
+        async with device_channel(identity) as channel:
             return await agent_pb2_grpc.AgentGatewayStub(channel).SendTelemetry(batch, timeout=10)
 
     assert asyncio.run(send(_batch(7, FIRST))).duplicate is False

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agent.channel import secure_channel
+from agent.channel import device_channel, secure_channel
 from agent.enroll import enroll
 from agent.facts import collect_facts
 from agent.identity import generate_key_and_csr
@@ -113,13 +113,7 @@ def test_malformed_bytes_on_the_stream_are_refused_and_the_server_keeps_serving(
     identity = _identity(cp_sqlite, tmp_path, "dev-a")
 
     async def send_garbage():
-        async with secure_channel(
-            identity.device_endpoint,
-            ca_pem=identity.ca_pem,
-            server_name=TLS_SERVER_NAME,
-            key_pem=identity.key_pem,
-            cert_pem=identity.cert_pem,
-        ) as channel:
+        async with device_channel(identity) as channel:
             raw = channel.stream_stream(
                 "/edgefleet.v1.AgentGateway/Session", request_serializer=None, response_deserializer=None
             )
@@ -145,13 +139,7 @@ def test_unknown_fields_from_a_newer_agent_are_tolerated(cp_sqlite, tmp_path):
     )
 
     async def converse():
-        async with secure_channel(
-            identity.device_endpoint,
-            ca_pem=identity.ca_pem,
-            server_name=TLS_SERVER_NAME,
-            key_pem=identity.key_pem,
-            cert_pem=identity.cert_pem,
-        ) as channel:
+        async with device_channel(identity) as channel:
             call = agent_pb2_grpc.AgentGatewayStub(channel).Session(timeout=30)
             await call.write(agent_pb2.AgentMessage(hello=hello))
             welcome = await call.read()
