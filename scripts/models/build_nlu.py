@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,9 +33,9 @@ from google.protobuf import json_format
 
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
-from scripts.models.build_vad import cpu_model
 from scripts.models.bundle_dir import write_bundle_dir
 from scripts.models.data import SNIPS_INTENTS, load_snips, snips_split
+from scripts.models.measure import cpu_model, load_and_latency, session
 from scripts.models.nlu_labels import MAX_SEQUENCE_LENGTH, TAGS, Scores, encode, load_tokenizer, score, teacher_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,13 +162,6 @@ def quantize_int8_dynamic(fp32: Path, path: Path) -> Path:
     return path
 
 
-def session(model: Path, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-
-
 def feed_of(ids: list[int]) -> dict[str, np.ndarray]:
     array = np.asarray([ids], dtype=np.int64)
     return {"input_ids": array, "attention_mask": np.ones_like(array)}
@@ -188,20 +179,7 @@ def evaluate_onnx(sess: ort.InferenceSession, utterances, encoded) -> Scores:
 
 def measure(model: Path, feed: dict[str, np.ndarray]) -> tuple[float, float, float]:
     """(load ms median of LOAD_RUNS, p50 ms, p95 ms over MEASURE_RUNS) at one thread."""
-    loads = []
-    for _ in range(LOAD_RUNS):
-        started = time.perf_counter()
-        sess = session(model)
-        loads.append((time.perf_counter() - started) * 1000)
-    for _ in range(10):
-        sess.run(None, feed)
-    timings = []
-    for _ in range(MEASURE_RUNS):
-        started = time.perf_counter()
-        sess.run(None, feed)
-        timings.append((time.perf_counter() - started) * 1000)
-    cuts = statistics.quantiles(timings, n=100, method="inclusive")
-    return statistics.median(loads), cuts[49], cuts[94]
+    return load_and_latency(model, feed, load_runs=LOAD_RUNS, runs=MEASURE_RUNS, warmup=10)
 
 
 def write_bundle(out, variant, model_path, sess, scores, tokenizer, tokenizer_json, val, config, distilled) -> Path:

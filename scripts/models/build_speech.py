@@ -26,6 +26,7 @@ from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
 from scripts.models import speech_train, speech_variants
 from scripts.models.data import ROOT, Clip, fsdd_leave_one_speaker_out, fsdd_official_split, load_fsdd
+from scripts.models.measure import cpu_model
 
 NAME = "fsdd-digits"
 VERSION = 1
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     calibration = speech_train.clip_features([train[i] for i in rng.permutation(len(train))[:CALIBRATION_CLIPS]])
     loso = [] if args.skip_loso else leave_one_speaker_out(clips, args.loso_epochs, args.seed)
 
-    cpu = speech_variants.cpu_model()
+    cpu = cpu_model()
     rows, fp32_accuracy, golden_index = [], None, None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

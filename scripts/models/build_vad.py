@@ -22,10 +22,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import importlib.util
-import platform
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,12 +32,13 @@ import onnx
 import onnxruntime as ort
 from google.protobuf import json_format
 
-from agent.facts import parse_cpuinfo
 from agent.pipelines.audio import VAD_CHUNK, VAD_CONTEXT
 from agent.pipelines.frontend import read_wav
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
 from scripts.models.bundle_dir import write_bundle_dir
+from scripts.models.measure import cpu_model, load_and_latency
+from scripts.models.measure import session as measure_session
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "models" / "vad"
@@ -156,11 +154,8 @@ def speech_recording() -> np.ndarray:
 
 
 def session(model: Path, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # the package's graphs carry unused initializers; ort warns about each
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    # The package's graphs carry unused initializers; onnxruntime warns about each.
+    return measure_session(model, threads, quiet=True)
 
 
 def check_contract(model: Path) -> None:
@@ -216,36 +211,16 @@ def run(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np
 
 def measure(model: Path, feed: dict[str, np.ndarray]) -> bundle_pb2.BuildMetrics:
     """Load time (median of LOAD_RUNS) and per-chunk latency over MEASURE_RUNS runs, at one thread."""
-    loads = []
-    for _ in range(LOAD_RUNS):
-        started = time.perf_counter()
-        sess = session(model)
-        loads.append((time.perf_counter() - started) * 1000)
-    for _ in range(5):
-        sess.run(None, feed)
-    timings = []
-    for _ in range(MEASURE_RUNS):
-        started = time.perf_counter()
-        sess.run(None, feed)
-        timings.append((time.perf_counter() - started) * 1000)
-    cuts = statistics.quantiles(timings, n=100, method="inclusive")
+    load_ms, p50, p95 = load_and_latency(model, feed, load_runs=LOAD_RUNS, runs=MEASURE_RUNS, warmup=5, quiet=True)
     return bundle_pb2.BuildMetrics(
         file_size_bytes=model.stat().st_size,
-        load_time_ms=statistics.median(loads),
-        latency_p50_ms=cuts[49],
-        latency_p95_ms=cuts[94],
+        load_time_ms=load_ms,
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
         measured_on_cpu=cpu_model(),
         measured_threads=1,
         eval_set=f"per {VAD_CHUNK[GOLDEN_RATE]}-sample chunk at {GOLDEN_RATE} Hz, {MEASURE_RUNS} runs",
     )
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return parse_cpuinfo(text, platform.machine())[0] or platform.machine()
 
 
 def opset(model: Path) -> int:

@@ -165,17 +165,3 @@ def measure(model: Path, inputs: np.ndarray, work: Path, runs: int = 200) -> tup
     if child.returncode != 0:
         raise RuntimeError(f"measuring {model.name} failed: {child.stderr.strip()[-500:]}")
     return json.loads(child.stdout), np.load(work / "logits.npy")
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
