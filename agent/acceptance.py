@@ -49,13 +49,19 @@ def run_acceptance(
     max_latency_p95_ms: float = 0.0,
     timeout_seconds: float = 120.0,
     runs: int = 0,
+    warmup_runs: int = 0,
 ) -> AcceptanceReport:
-    """Test the build in model_dir against its manifest; never raises for a bad model."""
+    """Test the build in model_dir against its manifest; never raises for a bad model.
+
+    ``runs`` timed inferences (0: the manifest's ``benchmark_runs``, else ``DEFAULT_RUNS``)
+    follow ``warmup_runs`` untimed ones (0: ``WARMUP_RUNS``).
+    """
     request = {
         "model_path": str(model_dir / manifest.model_file),
         "manifest": base64.b64encode(manifest.SerializeToString()).decode(),
         "threads": threads,
         "runs": runs or manifest.acceptance.benchmark_runs or DEFAULT_RUNS,
+        "warmup_runs": warmup_runs or WARMUP_RUNS,
     }
     try:
         child = subprocess.run(
@@ -159,7 +165,7 @@ def _child(request: dict) -> AcceptanceReport:
                 )
         feeds.append(feed)
     runs = int(request["runs"])
-    for _ in range(WARMUP_RUNS):
+    for _ in range(int(request.get("warmup_runs", WARMUP_RUNS))):
         session.run(None, feeds[0])
     timings = []
     for _ in range(runs):

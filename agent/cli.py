@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from agent.config import load_config, parse_labels
+from agent.config import load_config, parse_byte_size, parse_cpu_list, parse_labels
 
 
 class AgentExit(Exception):
@@ -38,6 +38,19 @@ def agent(
         str | None,
         typer.Option("--simulate-facts", help='JSON object of facts to override, e.g. \'{"architecture": "aarch64"}\''),
     ] = None,
+    onnx_threads: Annotated[
+        int | None, typer.Option("--onnx-threads", help="Threads per onnxruntime session (0: runtime default)")
+    ] = None,
+    cpu_affinity: Annotated[
+        str | None,
+        typer.Option("--cpu-affinity", help="Pin the agent and its model processes to these CPUs, e.g. 0,1 or 0-3"),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget", help="Memory a model may use (acceptance refuses bigger), e.g. 256MiB; B/KiB/MiB/GiB"
+        ),
+    ] = None,
     trust: Annotated[
         list[Path] | None, typer.Option("--trust", help="Publisher public key (KEYFILE.pub) whose bundles to install")
     ] = None,
@@ -46,6 +59,8 @@ def agent(
     """Run the agent: join with --join on first start, then keep the session to the control plane.
 
     Example: edgefleet agent --join efjoin1.… --data-dir /var/lib/edgefleet --device-id gw-001
+
+    Simulate a device class on one machine: --cpu-affinity, --onnx-threads, --memory-budget, --simulate-facts.
     """
     from agent.daemon import run
     from agent.errors import AgentConfigError, AgentError, TransportError
@@ -65,6 +80,11 @@ def agent(
             heartbeat_interval_seconds=heartbeat_seconds,
             fact_overrides=overrides,
             trusted_publisher_key_files=tuple(trust) if trust else None,
+            onnx_threads=onnx_threads,
+            cpu_affinity=None if cpu_affinity is None else parse_cpu_list(cpu_affinity, "--cpu-affinity"),
+            model_memory_budget_bytes=(
+                None if memory_budget is None else parse_byte_size(memory_budget, "--memory-budget")
+            ),
         )
         asyncio.run(run(cfg, join=join, device_id=device_id))
     except (AgentConfigError, JoinStringError) as exc:

@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -24,7 +25,7 @@ from agent.backoff import Backoff
 from agent.errors import AgentConfigError
 from agent.facts import validate_overrides
 
-__all__ = ["AgentConfig", "load_config", "parse_labels", "validate_labels"]
+__all__ = ["AgentConfig", "load_config", "parse_byte_size", "parse_cpu_list", "parse_labels", "validate_labels"]
 
 MAX_LABELS = 32
 MAX_LABEL_VALUE_CHARS = 128
@@ -75,6 +76,53 @@ def parse_labels(text: str) -> dict[str, str]:
     return validate_labels(labels)
 
 
+MAX_CPU_INDEX = 4095
+_BYTE_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_BYTE_SIZE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+def parse_cpu_list(text: str, what: str = "cpu_affinity") -> tuple[int, ...]:
+    """Parse a CPU list (the ``--cpu-affinity`` option): ``"0,1"``, ``"0-3"``, ``"0-1,4"``; sorted, no duplicates.
+
+    Raises ``AgentConfigError`` for an empty list or item, a non-number, a reversed range
+    or an index over 4095, naming ``what``. Whether the CPUs exist is checked by ``AgentConfig``.
+    """
+    cpus: set[int] = set()
+    if not text.strip():
+        raise AgentConfigError(f"{what}: empty CPU list (expected e.g. 0,1 or 0-3)")
+    for item in text.split(","):
+        low, sep, high = (part.strip() for part in item.partition("-"))
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise AgentConfigError(f"{what}: {item.strip()!r} is not a CPU index or range like 0-3 in {text!r}")
+        first, last = int(low), int(high) if sep else int(low)
+        if first > last:
+            raise AgentConfigError(f"{what}: range {item.strip()!r} is reversed")
+        if last > MAX_CPU_INDEX:
+            raise AgentConfigError(f"{what}: CPU index {last} is over {MAX_CPU_INDEX}")
+        cpus.update(range(first, last + 1))
+    return tuple(sorted(cpus))
+
+
+def parse_byte_size(text: str, what: str = "size") -> int:
+    """Parse a size (the ``--memory-budget`` option): ``"268435456"``, ``"512KiB"``, ``"256MiB"``, ``"2GiB"``.
+
+    Units are B, KiB, MiB, GiB (case-insensitive; a plain number is bytes). Raises
+    ``AgentConfigError`` naming ``what`` for anything else, such as decimals, negatives or MB.
+    """
+    match = _BYTE_SIZE.fullmatch(text)
+    unit = match and _BYTE_UNITS.get(match.group(2).lower())
+    if not match or unit is None:
+        raise AgentConfigError(f"{what}: {text!r} is not a whole number with an optional unit B, KiB, MiB or GiB")
+    return int(match.group(1)) * unit
+
+
+def _allowed_cpus() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        raise ValueError("CPU affinity is not supported on this platform") from None
+
+
 class AgentConfig(BaseModel):
     """Everything the agent can be told. Build it with ``load_config``; tests may construct it directly."""
 
@@ -90,6 +138,9 @@ class AgentConfig(BaseModel):
     # Field name -> value replacing a measured fact, to simulate a device class (see agent.facts).
     fact_overrides: dict[str, Any] = Field(default_factory=dict)
     onnx_threads: int = Field(0, ge=0, le=256)  # 0: onnxruntime's default
+    # CPUs the agent (and its acceptance children) may run on; () leaves the inherited affinity.
+    # Each must be one the agent may use when the config is loaded (os.sched_getaffinity).
+    cpu_affinity: tuple[int, ...] = ()
     # PEM ed25519 public keys of the publishers whose bundles this device installs.
     trusted_publisher_key_files: tuple[Path, ...] = ()
     telemetry_flush_seconds: float = Field(10.0, ge=0.05, le=3600)
@@ -108,6 +159,24 @@ class AgentConfig(BaseModel):
         if isinstance(value, list | tuple):
             return tuple(Path(v) if isinstance(v, str) else v for v in value)
         return value
+
+    @field_validator("cpu_affinity", mode="before")
+    @classmethod
+    def _tuple_from_list(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _usable_cpus(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            return value
+        if any(cpu < 0 for cpu in value):
+            raise ValueError(f"CPU indexes must be >= 0, got {list(value)}")
+        allowed = _allowed_cpus()
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ValueError(f"CPUs {unknown} are not available to this process (available: {_ranges(allowed)})")
+        return tuple(sorted(set(value)))
 
     @field_validator("data_dir")
     @classmethod
@@ -138,6 +207,17 @@ class AgentConfig(BaseModel):
     def reconnect_backoff(self) -> Backoff:
         """The reconnect policy these settings describe (full jitter, doubling)."""
         return Backoff(initial_seconds=self.reconnect_initial_seconds, max_seconds=self.reconnect_max_seconds)
+
+
+def _ranges(cpus: set[int]) -> str:
+    """``{0, 1, 2, 5}`` -> ``"0-2,5"``."""
+    parts: list[str] = []
+    for cpu in sorted(cpus):
+        if parts and cpu == int(parts[-1].rpartition("-")[2]) + 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{cpu}"
+        else:
+            parts.append(str(cpu))
+    return ",".join(parts)
 
 
 _FIELDS = tuple(AgentConfig.model_fields)

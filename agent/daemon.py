@@ -18,9 +18,11 @@ from agent.enroll import enroll
 from agent.errors import AgentConfigError, IdentityError
 from agent.facts import collect_facts
 from agent.identity import Identity, identity_dir, load_identity
+from agent.jobs import JobRunner
 from agent.local_api import LocalInferenceService, start_local_api
 from agent.reconcile_shell import GatewaySource, ReconcileShell
 from agent.reconcile_state import InvalidDesiredState, status_report
+from agent.reconciler import DEFAULT_CONFIG
 from agent.serving import Serving
 from agent.session import Session
 from agent.telemetry.pipeline import TelemetryPipeline
@@ -94,13 +96,29 @@ def trusted_keys(config: AgentConfig, identity: Identity) -> dict[str, bytes]:
     return keys
 
 
+def apply_cpu_affinity(config: AgentConfig) -> None:
+    """Pin this process to ``config.cpu_affinity`` (if set), before any thread or child process starts.
+
+    Threads and processes started later inherit it (onnxruntime's threads, the acceptance child),
+    and the facts report the pinned CPU count as ``cpu_cores``. Raises ``AgentConfigError``.
+    """
+    if not config.cpu_affinity:
+        return
+    try:
+        os.sched_setaffinity(0, config.cpu_affinity)
+    except (OSError, AttributeError) as exc:
+        raise AgentConfigError(f"cannot pin the agent to CPUs {list(config.cpu_affinity)}: {exc}") from exc
+    log.info("pinned to CPUs %s", ",".join(map(str, config.cpu_affinity)))
+
+
 async def run(config: AgentConfig, *, join: str | None = None, device_id: str | None = None) -> None:
     """Run until SIGTERM/SIGINT. Raises SessionEnded when revoked or refused.
 
     Start order matters for "nothing lost": the last active builds are loaded and
     served on the local socket before the control plane is contacted, so a device
-    that boots offline still answers its apps.
+    that boots offline still answers its apps. The CPU affinity comes first of all.
     """
+    apply_cpu_affinity(config)
     identity = await ensure_identity(config, join, device_id)
     keys = trusted_keys(config, identity)
     serving = Serving(config.data_dir, threads=config.onnx_threads)
@@ -110,6 +128,7 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
     explicit = "heartbeat_interval_seconds" in config.model_fields_set
     shell: ReconcileShell | None = None
     telemetry: TelemetryPipeline | None = None
+    jobs: JobRunner | None = None
 
     def on_desired(desired: agent_pb2.DesiredState) -> None:
         try:
@@ -118,8 +137,11 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
             log.warning("desired state refused: %s", exc)
 
     def on_message(message: agent_pb2.ControlMessage) -> None:
-        if message.WhichOneof("body") == "telemetry_ack":
-            telemetry.on_ack(message.telemetry_ack)
+        match message.WhichOneof("body"):
+            case "telemetry_ack":
+                telemetry.on_ack(message.telemetry_ack)
+            case "job":
+                jobs.submit(message.job)
 
     def on_connected() -> None:
         telemetry.on_connected()
@@ -144,15 +166,26 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         flush_seconds=config.telemetry_flush_seconds,
     )
     channel = device_channel(identity)
+    source = GatewaySource(agent_pb2_grpc.AgentGatewayStub(channel), timeout_seconds=config.rpc_timeout_seconds)
     shell = ReconcileShell(
         data_dir=config.data_dir,
         facts=facts_provider(config),
         trusted_keys=keys,
-        source=GatewaySource(agent_pb2_grpc.AgentGatewayStub(channel), timeout_seconds=config.rpc_timeout_seconds),
+        source=source,
         serving=serving,
         report=lambda report: session.send(agent_pb2.AgentMessage(status=report)),
         emit=telemetry.emit,
         crash_after_persisting=os.environ.get("EDGEFLEET_FAULT_CRASH_AFTER_PERSISTING", ""),
+    )
+    # Benchmark jobs: measured in <data_dir>/jobs/, never installed (see agent.jobs).
+    jobs = JobRunner(
+        data_dir=config.data_dir,
+        facts=facts_provider(config),
+        trusted_keys=keys,
+        source=source,
+        send=session.send,
+        emit=telemetry.emit,
+        acceptance_timeout_seconds=DEFAULT_CONFIG.acceptance_timeout_seconds,
     )
 
     def record(loaded, latency_ms: float, ok: bool, confidence: float | None, size: float) -> None:
@@ -174,6 +207,7 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         asyncio.ensure_future(session.run()),
         asyncio.ensure_future(shell.run(stop)),
         asyncio.ensure_future(telemetry.run(stop)),
+        asyncio.ensure_future(jobs.run(stop)),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -49,7 +49,14 @@ from agent.reconcile_state import ReconcileState, StateFileError, Target, epoch_
 from agent.reconciler import DEFAULT_CONFIG, ReconcilerConfig, UnexpectedEvent, recover, step
 from agent.serving import Serving
 from agent.staging import MANIFEST_BYTES_FILE, BuildStore, StagingError, write_state
-from agent.verify import VerifyError, check_compatible, check_not_downgrade, check_target
+from agent.verify import (
+    VerifyError,
+    check_compatible,
+    check_files,
+    check_not_downgrade,
+    check_target,
+    verified_manifest,
+)
 from protos.bundles import BundleError, parse_signed_manifest, verify_signed_manifest
 from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc, bundle_pb2, common_pb2
 
@@ -92,14 +99,6 @@ class GatewaySource:
 
 def _ref(target: Target) -> common_pb2.ModelRef:
     return target.ref.to_proto()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ReconcileShell:
@@ -300,14 +299,7 @@ class ReconcileShell:
         signed_bytes = self.store.read_manifest(target.manifest_sha256)
         if signed_bytes is None:
             raise VerifyError("the manifest is not downloaded")
-        try:
-            signed = parse_signed_manifest(signed_bytes)
-            if hashlib.sha256(signed.manifest).hexdigest() != target.manifest_sha256:
-                raise VerifyError(f"the manifest does not hash to {target.manifest_sha256[:12]}")
-            manifest = verify_signed_manifest(signed, self.trusted_keys)
-        except BundleError as exc:
-            raise VerifyError(str(exc)) from exc
-        return signed_bytes, manifest
+        return signed_bytes, verified_manifest(signed_bytes, target.manifest_sha256, self.trusted_keys)
 
     def _verify_blocking(self, target: Target) -> None:
         _, manifest = self._verified_manifest(target)
@@ -315,17 +307,7 @@ class ReconcileShell:
         check_compatible(manifest, self.facts())
         active = next((m.ref for m in self.serving.active() if m.task == target.task), None)
         check_not_downgrade(_ref(target), active, rollback=target.rollback)
-        for file in manifest.files:
-            blob = self.store.blob_path(file.sha256)
-            try:
-                actual = _sha256_file(blob)
-            except FileNotFoundError as exc:
-                raise VerifyError(f"file {file.path!r} is not downloaded") from exc
-            if actual != file.sha256:
-                blob.unlink(missing_ok=True)  # a corrupt cache entry: the next download fetches it again
-                raise VerifyError(
-                    f"sha256 mismatch for {file.path}: got {actual[:12]}, manifest says {file.sha256[:12]}"
-                )
+        check_files(manifest, self.store.blob_path)  # a corrupt cache entry is deleted: the next download refetches
 
     async def _verify(self, action: ev.Verify) -> ev.Event:
         try:

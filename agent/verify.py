@@ -3,12 +3,18 @@
 Signature checks live in protos.bundles (shared with the control plane);
 this module adds what only the device knows: its facts, and what it was told
 to install. Each check raises VerifyError with a reason an operator can act on.
+``verified_manifest`` and ``check_files`` are shared by the reconcile shell and
+the benchmark job runner; ``check_files`` is the only function here that reads files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
+from protos.bundles import BundleError, parse_signed_manifest, verify_signed_manifest
 from protos.edgefleet.v1 import bundle_pb2, common_pb2
 
 
@@ -62,3 +68,46 @@ def check_not_downgrade(target: common_pb2.ModelRef, active: common_pb2.ModelRef
     """No silent downgrade: an older version installs only when the desired state says rollback."""
     if active is not None and active.name == target.name and target.version < active.version and not rollback:
         raise VerifyError(f"downgrade from version {active.version} to {target.version} refused (not a rollback)")
+
+
+def verified_manifest(
+    signed_bytes: bytes, manifest_sha256: str, trusted_keys: Mapping[str, bytes]
+) -> bundle_pb2.BundleManifest:
+    """The manifest inside ``signed_bytes`` (a serialized ``SignedManifest``), every check passed.
+
+    It must hash to ``manifest_sha256`` (the sha256 of the signed ``BundleManifest`` bytes) and
+    carry a valid signature by one of ``trusted_keys`` (key id -> raw ed25519 key).
+    Raises ``VerifyError`` naming the failed check.
+    """
+    try:
+        signed = parse_signed_manifest(signed_bytes)
+        if hashlib.sha256(signed.manifest).hexdigest() != manifest_sha256:
+            raise VerifyError(f"the manifest does not hash to {manifest_sha256[:12]}")
+        return verify_signed_manifest(signed, trusted_keys)
+    except BundleError as exc:
+        raise VerifyError(str(exc)) from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files(manifest: bundle_pb2.BundleManifest, blob_path: Callable[[str], Path]) -> None:
+    """Every file of the manifest is on disk (at ``blob_path(sha256)``) with the right sha256.
+
+    A file with the wrong content is deleted (a corrupt download: the next fetch gets it again).
+    Raises ``VerifyError`` naming the file.
+    """
+    for file in manifest.files:
+        blob = blob_path(file.sha256)
+        try:
+            actual = sha256_file(blob)
+        except FileNotFoundError as exc:
+            raise VerifyError(f"file {file.path!r} is not downloaded") from exc
+        if actual != file.sha256:
+            blob.unlink(missing_ok=True)
+            raise VerifyError(f"sha256 mismatch for {file.path}: got {actual[:12]}, manifest says {file.sha256[:12]}")

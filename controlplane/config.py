@@ -31,6 +31,8 @@ class ServerConfig(BaseModel):
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=120)
     max_blob_bytes: int = Field(4 * 1024**3, ge=1)  # largest bundle file the blob store accepts
     blob_upload_idle_seconds: float = Field(60.0, gt=0, le=3600)  # an upload silent this long is dropped
+    benchmark_job_seconds: int = Field(3600, ge=10, le=7 * 24 * 3600)  # a job unanswered this long goes elsewhere
+    benchmark_runs: int = Field(50, ge=5, le=1000)  # timed inferences per benchmark job
 
     @field_validator("data_dir")
     @classmethod

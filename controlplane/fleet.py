@@ -77,7 +77,7 @@ def device_message(row, *, online: bool, last_seen: dt.datetime | None) -> admin
         certificate_sha256=row.certificate_sha256,
         desired_generation=row.desired_generation or 0,
         agent_version=row.agent_version or "",
-        device_class="",
+        device_class=row.device_class or "",
     )
     for field, value in (
         ("last_seen", last_seen),

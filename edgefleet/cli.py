@@ -18,7 +18,7 @@ import typer  # noqa: E402
 from agent.cli import AgentExit, agent  # noqa: E402
 from agent.infer_cli import InferError  # noqa: E402
 from agent.infer_cli import app as infer_app  # noqa: E402
-from controlplane.cli import devices, keys, models, operators, telemetry, tokens  # noqa: E402
+from controlplane.cli import classes, devices, keys, models, operators, telemetry, tokens  # noqa: E402
 from controlplane.cli.deploy import deploy  # noqa: E402
 from controlplane.cli.errors import CliError  # noqa: E402
 from controlplane.cli.server_cmd import server  # noqa: E402
@@ -31,6 +31,7 @@ app = typer.Typer(
     add_completion=True,
 )
 app.add_typer(devices.app, name="devices")
+app.add_typer(classes.app, name="classes")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(operators.app, name="operators")
 app.add_typer(keys.app, name="keys")

@@ -26,17 +26,42 @@ INPUT_SHAPE = (1, 4)
 GOLDEN_INPUT = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 
 
-def make_tiny_model(path: Path, scale: float = 2.0, bias: float = 1.0) -> Path:
-    """Write an ONNX model computing y = x * scale + bias on float32 x of shape [1, 4]; returns path."""
+def make_tiny_model(path: Path, scale: float = 2.0, bias: float = 1.0, *, work: int = 0) -> Path:
+    """Write an ONNX model computing y = x * scale + bias on float32 x of shape [1, 4]; returns path.
+
+    ``work`` > 0 adds that many 512x512 MatMuls on zeros derived from x (about 270 MFLOP each, which
+    onnxruntime cannot fold away because they depend on the input): the output is unchanged, the
+    model is measurably slow. Tests use it to make one variant slower than another for real.
+    """
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["scaled"])]
+    initializers = [
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+        helper.make_tensor("bias", TensorProto.FLOAT, [], [bias]),
+    ]
+    if work:
+        initializers += [
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("reps", TensorProto.INT64, [2], [512, 128]),
+        ]
+        nodes += [
+            helper.make_node("Mul", ["x", "zero"], ["zeros"]),
+            helper.make_node("Tile", ["zeros", "reps"], ["t0"]),
+        ]
+        for i in range(work):
+            nodes.append(helper.make_node("MatMul", [f"t{i}", "t0"], [f"t{i + 1}"]))
+        nodes += [
+            helper.make_node("ReduceSum", [f"t{work}"], ["nothing"], keepdims=0),
+            helper.make_node("Add", ["scaled", "nothing"], ["scaled_work"]),
+            helper.make_node("Add", ["scaled_work", "bias"], ["y"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Add", ["scaled", "bias"], ["y"]))
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "scale"], ["scaled"]), helper.make_node("Add", ["scaled", "bias"], ["y"])],
+        nodes,
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(INPUT_SHAPE))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(INPUT_SHAPE))],
-        initializer=[
-            helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
-            helper.make_tensor("bias", TensorProto.FLOAT, [], [bias]),
-        ],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgefleet-tests")
     model.ir_version = IR_VERSION
@@ -69,16 +94,18 @@ def make_bundle_dir(
     extra_files: Mapping[str, bytes] | None = None,
     list_files: bool = False,
     manifest: Mapping[str, Any] | None = None,
+    work: int = 0,
 ) -> Path:
     """Write a bundle directory ``tmp/<name>-<version>-<variant>`` and return it.
 
     It holds model.onnx (``make_tiny_model``), any ``extra_files`` (path in bundle → bytes)
     and manifest.json with a golden case and build metrics. ``list_files`` lists the files
     (paths and roles only; the CLI fills in sizes and hashes); otherwise the directory's
-    files are the bundle. ``manifest`` entries override or add top-level manifest fields.
+    files are the bundle. ``manifest`` entries override or add top-level manifest fields. ``work``
+    makes the model slow (see ``make_tiny_model``).
     """
     bundle = tmp / f"{name}-{version}-{variant}"
-    make_tiny_model(bundle / "model.onnx", scale, bias)
+    make_tiny_model(bundle / "model.onnx", scale, bias, work=work)
     for rel, data in (extra_files or {}).items():
         (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
         (bundle / rel).write_bytes(data)

@@ -43,6 +43,9 @@ def deploy(
 ) -> None:
     """Deploy a published build to one device or a whole fleet (no waves: see rollouts for that).
 
+    Without a VARIANT the selector picks one per device, from its class's policy and the measured
+    evidence (see `edgefleet models explain`); a device on which no variant complies gets nothing new.
+
     Example: edgefleet deploy kws:3:int8-dynamic --fleet lab
     """
     name, version, variant = parse_build_ref(build)
@@ -70,6 +73,9 @@ def deploy(
         )
         return
     for a in response.assignments:
+        if not a.model.name:
+            print(f"{a.device_id}: {a.reason}")
+            continue
         print(
             f"{a.device_id}: {a.model.name}:{a.model.version}:{a.model.variant} generation {a.generation} ({a.reason})"
         )

@@ -18,6 +18,7 @@ app = typer.Typer(help="Enrolled devices: list, inspect, revoke.", no_args_is_he
 @app.command("list")
 def list_devices(
     fleet: Annotated[str | None, typer.Option("--fleet", "-f", help="Only devices of this fleet")] = None,
+    device_class: Annotated[str | None, typer.Option("--class", "-c", help="Only devices of this class")] = None,
     json: JsonOpt = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -32,7 +33,7 @@ def list_devices(
         page_token = ""
         while True:
             response = stub.ListDevices(
-                admin_pb2.ListDevicesRequest(fleet=fleet or "", page_token=page_token),
+                admin_pb2.ListDevicesRequest(fleet=fleet or "", device_class=device_class or "", page_token=page_token),
                 metadata=meta,
                 timeout=RPC_TIMEOUT_SECONDS,
             )

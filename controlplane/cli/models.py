@@ -20,6 +20,7 @@ from controlplane.cli import output
 from controlplane.cli.connection import RPC_TIMEOUT_SECONDS, admin, resolve
 from controlplane.cli.errors import CliError
 from controlplane.cli.options import CaOpt, JsonOpt, ServerOpt, TokenOpt
+from controlplane.cli.output import human_size
 from protos.bundle_io import load_private_key, read_bundle_dir
 from protos.bundles import BundleError, key_id, raw_public_key, sign_manifest
 from protos.edgefleet.v1 import admin_pb2, admin_pb2_grpc, bundle_pb2
@@ -275,11 +276,79 @@ def parse_model_ref(text: str) -> tuple[str, int]:
     return name, int(version)
 
 
-def human_size(value: int) -> str:
-    """Bytes for people: '512 B', '3.2 KiB', '12.0 MiB', '1.5 GiB'."""
-    if value < 1024:
-        return f"{value} B"
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if value >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{value} B"
+@app.command("evidence")
+def evidence(
+    model: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (default: the latest version)")],
+    json: JsonOpt = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Print the evidence matrix of a model version: each variant on each device class, as measured by
+    benchmark jobs on the devices (and by field telemetry of variants that run).
+
+    Example: edgefleet models evidence snips-nlu:1
+    """
+    name, version = parse_model_ref(model)
+    with admin(resolve(server, token, ca)) as (stub, meta):
+        response = stub.GetEvidence(
+            admin_pb2.GetEvidenceRequest(name=name, version=version), metadata=meta, timeout=RPC_TIMEOUT_SECONDS
+        )
+    if json:
+        output.emit_json(output.message_dict(response))
+        return
+    rows = [
+        [
+            c.device_class,
+            c.variant,
+            c.source,
+            str(c.devices) if c.source == "benchmark" else f"{c.field_requests} req",
+            f"{c.latency_p50_ms:.2f}",
+            f"{c.latency_p95_ms:.2f}",
+            f"{c.load_time_ms:.1f}" if c.source == "benchmark" else "-",
+            human_size(c.peak_rss_bytes) if c.peak_rss_bytes else "-",
+            str(c.acceptance_failures) if c.source == "benchmark" else "-",
+        ]
+        for c in sorted(response.cells, key=lambda c: (c.device_class, c.source, c.variant))
+    ]
+    title = f"{response.model.name}:{response.model.version}"
+    columns = ["CLASS", "VARIANT", "SOURCE", "DEVICES", "P50 MS", "P95 MS", "LOAD MS", "PEAK RSS", "FAILED"]
+    output.stdout().print(output.table(title, columns, rows))
+    if not rows:
+        output.stderr().print(
+            "no evidence yet: benchmark jobs go to sample devices of each class when a version has two or more "
+            "variants; results arrive as the devices answer"
+        )
+
+
+@app.command("explain")
+def explain(
+    model: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (default: the latest version)")],
+    device_class: Annotated[str | None, typer.Option("--class", "-c", help="Explain for this device class")] = None,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Explain for this device")] = None,
+    json: JsonOpt = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Explain which variant a class (or one device) gets and why: the choice, the ranking, and each
+    rejected variant with the numbers that ruled it out.
+
+    Example: edgefleet models explain snips-nlu:1 --class vehicle-arm-1g
+    """
+    name, version = parse_model_ref(model)
+    if device_class and device:
+        raise CliError("name a class (--class) or a device (--device), not both")
+    request = admin_pb2.ExplainSelectionRequest(
+        name=name, version=version, device_class=device_class or "", device_id=device or ""
+    )
+    with admin(resolve(server, token, ca)) as (stub, meta):
+        selection = stub.ExplainSelection(request, metadata=meta, timeout=RPC_TIMEOUT_SECONDS)
+    if json:
+        output.emit_json(output.message_dict(selection))
+        return
+    console = output.stdout()
+    console.print(selection.summary, highlight=False, markup=False)
+    rows = [["chosen" if i == 0 else f"#{i + 1}", c.variant, c.reason] for i, c in enumerate(selection.ranked)]
+    rows += [["rejected", c.variant, c.reason] for c in selection.rejected]
+    console.print(output.table(None, ["RANK", "VARIANT", "WHY"], rows))

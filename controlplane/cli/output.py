@@ -66,3 +66,13 @@ def table(title: str | None, columns: list[str], rows: list[list[str]]) -> Table
     for row in rows:
         result.add_row(*row)
     return result
+
+
+def human_size(value: int) -> str:
+    """Bytes for people: '512 B', '3.2 KiB', '12.0 MiB', '1.5 GiB'."""
+    if value < 1024:
+        return f"{value} B"
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"

@@ -1,5 +1,5 @@
-"""The operator API: tokens, devices, publisher keys, blobs, model builds and direct deployments
-(and, as they land, classes, rollouts and telemetry queries).
+"""The operator API: tokens, devices, device classes, publisher keys, blobs, model builds, evidence and
+selection, direct deployments and telemetry queries (and, as they land, rollouts).
 
 Every call authenticates the bearer token and checks its role before it
 reads or changes anything. Methods of the contract that this server does not
@@ -28,7 +28,7 @@ from controlplane.blobs import BlobStalled, BlobTooLarge, check_sha256
 from controlplane.errors import InvalidRequest, NotFoundError, PreconditionFailed, Unauthenticated
 from controlplane.fleet import device_message, is_online, timestamp
 from controlplane.grpc_errors import handle_errors
-from controlplane.services import telemetry
+from controlplane.services import classes, evidence, telemetry
 from controlplane.services.context import Services
 from controlplane.services.desired import push_desired
 from protos.bundles import (
@@ -50,6 +50,7 @@ SERVER_VERSION = importlib.metadata.version("edgefleet")
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
 MAX_STAT_BLOBS = 1000
+MAX_CLASS_FILE_CHARS = 256 * 1024
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -176,7 +177,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if request.page_token and len(request.page_token) > 64:
             raise InvalidRequest("page_token is malformed")
         rows = await self.s.db(
-            self.s.store.list_devices, request.fleet or None, after=request.page_token or None, limit=page_size + 1
+            self.s.store.list_devices,
+            request.fleet or None,
+            device_class=request.device_class or None,
+            after=request.page_token or None,
+            limit=page_size + 1,
         )
         more = len(rows) > page_size
         rows = rows[:page_size]
@@ -335,6 +340,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             now=s.clock(),
         )
         log.info("%s published %s:%d %s", caller.name, row.name, row.version, row.variant)
+        await evidence.plan(s, row.name, row.version)  # a second variant: the classes measure them
         return _model_build(row, with_manifest=True)
 
     @handle_errors
@@ -361,6 +367,68 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise NotFoundError(f"model {request.name!r} has no version {request.version} (the latest is {latest})")
         return admin_pb2.GetModelResponse(builds=[_model_build(r, with_manifest=True) for r in rows])
 
+    # --- device classes ---
+
+    @handle_errors
+    async def ApplyClasses(self, request, context):  # noqa: N802
+        """Replace the class set with a class file (validated whole first) and re-classify every device."""
+        caller = await self.caller(context, Role.OPERATOR, "applying device classes")
+        if len(request.yaml) > MAX_CLASS_FILE_CHARS:
+            raise InvalidRequest(f"the class file is over {MAX_CLASS_FILE_CHARS // 1024} KiB")
+        response = await classes.apply(self.s, request)
+        if not request.dry_run:
+            log.info(
+                "%s applied %d class(es); %d device(s) changed class",
+                caller.name,
+                len(response.classes),
+                response.devices_reclassified,
+            )
+            await evidence.plan_latest(self.s)
+        return response
+
+    @handle_errors
+    async def ListClasses(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "listing device classes")
+        return admin_pb2.ListClassesResponse(classes=await classes.listing(self.s))
+
+    @handle_errors
+    async def GetClass(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "reading device classes")
+        for item in await classes.listing(self.s):
+            if item.name == request.name:
+                return item
+        await classes.class_named(self.s, request.name)  # raises NotFoundError naming the classes
+        raise NotFoundError(f"no device class {request.name!r}")
+
+    # --- evidence and selection ---
+
+    @handle_errors
+    async def GetEvidence(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "reading evidence")
+        check_name("model name", request.name)
+        if request.version > MAX_VERSION:
+            raise InvalidRequest(f"version must be at most {MAX_VERSION}")
+        return await evidence.evidence(self.s, request.name, request.version)
+
+    @handle_errors
+    async def ExplainSelection(self, request, context):  # noqa: N802
+        """Which variant of NAME:VERSION a class (or one device, with its own facts) gets, and why."""
+        await self.caller(context, Role.VIEWER, "explaining a selection")
+        s = self.s
+        check_name("model name", request.name)
+        if request.version > MAX_VERSION:
+            raise InvalidRequest(f"version must be at most {MAX_VERSION}")
+        if request.device_class and request.device_id:
+            raise InvalidRequest("name a class or a device, not both")
+        device = None
+        if request.device_id:
+            device = await s.db(s.store.get_device, request.device_id)
+            if device is None or device.revoked_at is not None:
+                raise NotFoundError(f"device {request.device_id!r} is not enrolled (or was revoked)")
+        class_name = request.device_class or classes.spec.DEFAULT_CLASS.name
+        choice, _ = await evidence.choose(s, request.name, request.version, class_name=class_name, device=device)
+        return evidence.selection_message(choice)
+
     # --- deployments ---
 
     @handle_errors
@@ -374,7 +442,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise InvalidRequest(f"version must be at most {MAX_VERSION}")
         if bool(request.device_id) == bool(request.fleet):
             raise InvalidRequest("name exactly one target: a device id or a fleet")
-        build = await self._resolve_build(request.name, request.version, request.variant)
         if request.device_id:
             device = await s.db(s.store.get_device, request.device_id)
             if device is None or device.revoked_at is not None:
@@ -386,9 +453,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             targets = [r.device_id for r in rows if r.revoked_at is None]
             if not targets:
                 raise PreconditionFailed(f"fleet {request.fleet!r} has no enrolled devices; nothing was deployed")
+        if request.variant:
+            build = await self._resolve_build(request.name, request.version, request.variant)
+            chosen = {device_id: build for device_id in targets}
+            why = {device_id: "" for device_id in targets}  # the operator named it: nothing to explain
+            refused: dict[str, str] = {}
+        else:
+            chosen, why, refused = await self._select_per_device(request.name, request.version, targets)
+            if not chosen:
+                raise PreconditionFailed(
+                    "no variant complies on any target device; nothing was deployed: "
+                    + "; ".join(f"{d}: {r}" for d, r in sorted(refused.items()))
+                )
+            build = next(iter(chosen.values()))
         generations = await s.db(
             s.store.set_desired,
-            targets,
+            sorted(chosen),
             task=build.task,
             name=build.name,
             version=build.version,
@@ -397,25 +477,45 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             max_bytes=build.total_bytes,
             rollback=None,
             now=s.clock(),
+            per_device={d: (b.variant, b.manifest_sha256, b.total_bytes) for d, b in chosen.items()},
         )
-        sent = await push_desired(s, targets)
-        log.info(
-            "%s deployed %s:%d %s to %d device(s)", caller.name, build.name, build.version, build.variant, len(targets)
-        )
-        ref = common_pb2.ModelRef(
-            name=build.name, version=build.version, variant=build.variant, manifest_sha256=build.manifest_sha256
-        )
-        return admin_pb2.DeployResponse(
-            assignments=[
+        sent = await push_desired(s, sorted(chosen))
+        log.info("%s deployed %s:%d to %d device(s)", caller.name, build.name, build.version, len(chosen))
+        assignments = []
+        for device_id in targets:
+            if device_id in refused:
+                assignments.append(
+                    admin_pb2.DeviceAssignment(device_id=device_id, reason=f"not deployed: {refused[device_id]}")
+                )
+                continue
+            b = chosen[device_id]
+            delivery = "sent" if device_id in sent else "offline: sent when it connects"
+            assignments.append(
                 admin_pb2.DeviceAssignment(
                     device_id=device_id,
-                    model=ref,
+                    model=common_pb2.ModelRef(
+                        name=b.name, version=b.version, variant=b.variant, manifest_sha256=b.manifest_sha256
+                    ),
                     generation=generations[device_id],
-                    reason="sent" if device_id in sent else "offline: sent when it connects",
+                    reason=f"{delivery}; {why[device_id]}" if why[device_id] else delivery,
                 )
-                for device_id in targets
-            ]
-        )
+            )
+        return admin_pb2.DeployResponse(assignments=assignments)
+
+    async def _select_per_device(self, name: str, version: int, device_ids: list[str]):
+        """The selector's build for each device (its class policy, its facts, its class's evidence):
+        (device -> build, device -> why, device -> why nothing complies)."""
+        s = self.s
+        chosen, why, refused = {}, {}, {}
+        for device_id in device_ids:
+            device = await s.db(s.store.get_device, device_id)
+            choice, rows = await evidence.choose(s, name, version, device=device)
+            if choice.chosen is None:
+                refused[device_id] = choice.summary
+                continue
+            chosen[device_id] = next(r for r in rows if r.variant == choice.chosen)
+            why[device_id] = choice.summary
+        return chosen, why, refused
 
     async def _resolve_build(self, name: str, version: int, variant: str):
         """The build NAME:VERSION[:VARIANT] names (version 0: the latest). Raises NotFoundError or InvalidRequest."""

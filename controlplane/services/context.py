@@ -7,7 +7,7 @@ import datetime as dt
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.blobs import BlobStore
@@ -35,6 +35,9 @@ class Services:
     executor: ThreadPoolExecutor
     blobs: BlobStore  # bundle files by sha256; its blocking calls run in threads (asyncio.to_thread)
     clock: Callable[[], dt.datetime] = utcnow
+    # Classifying devices and planning benchmark jobs read-then-write; one server process serialises them.
+    class_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    job_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def db(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call in a worker thread."""

@@ -3,8 +3,8 @@
 Invariants:
 - A DesiredState always carries every desired row of the device and the device's current
   generation, so the agent can treat it as the whole truth (equal generation: no-op).
-- A device may fetch only the manifests of builds in its own desired state, and only the
-  blobs those manifests list; the sets are read from the store at every call, so a new
+- A device may fetch only the manifests of builds in its own desired state or of its pending
+  benchmark jobs, and only the blobs those manifests list; the sets are read from the store at every call, so a new
   deployment takes effect at once and nothing is cached past it.
 """
 
@@ -63,12 +63,16 @@ async def push_desired(services: Services, device_ids: Sequence[str]) -> set[str
 
 
 async def desired_builds(services: Services, device_id: str) -> list[ModelBuildRow]:
-    """The published builds in the device's desired state."""
+    """The published builds the device may fetch: those in its desired state and those of its
+    benchmark jobs still waiting for an answer."""
     _, rows = await services.db(services.store.get_desired, device_id)
+    wanted = [(r.name, r.version, r.variant, r.manifest_sha256) for r in rows]
+    jobs = await services.db(services.store.pending_jobs, device_id, services.clock())
+    wanted += [(j.name, j.version, j.variant, j.manifest_sha256) for j in jobs]
     builds = []
-    for row in rows:
-        variants = await services.db(services.store.get_builds, row.name, row.version)
-        builds += [b for b in variants if b.variant == row.variant and b.manifest_sha256 == row.manifest_sha256]
+    for name, version, variant, manifest_sha256 in dict.fromkeys(wanted):
+        variants = await services.db(services.store.get_builds, name, version)
+        builds += [b for b in variants if b.variant == variant and b.manifest_sha256 == manifest_sha256]
     return builds
 
 
@@ -80,7 +84,8 @@ async def desired_build(services: Services, device_id: str, ref: common_pb2.Mode
         ):
             return build
     raise PermissionDenied(
-        f"model {ref.name}:{ref.version} variant {ref.variant!r} is not part of this device's desired state"
+        f"model {ref.name}:{ref.version} variant {ref.variant!r} is not part of this device's desired state "
+        "or of a benchmark job it was given"
     )
 
 

@@ -9,11 +9,14 @@ Invariants:
 - A device has at most one current session; a newer one replaces the older.
 - A session that misses heartbeats for ``offline_after`` is closed by the
   server, so half-open connections do not look online.
-- Right after Welcome a device with desired rows gets its whole DesiredState.
+- Right after Welcome a device with desired rows gets its whole DesiredState, then every benchmark
+  job it has not answered yet (see ``services.evidence``).
+- Reported facts re-classify the device (see ``services.classes``); a device new to a class may be
+  given benchmark jobs. A job result counts only for a job given to this device.
 - Telemetry batches are stored and acked through the session's outbox, status reports stored
   (see ``services.telemetry``); SendTelemetry does the same for one batch without a session.
 - FetchManifest and FetchArtifact serve only builds in the caller's own desired
-  state (see ``services.desired``); file reads run in worker threads.
+  state or of its pending benchmark jobs (see ``services.desired``); file reads run in worker threads.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from controlplane.errors import InvalidRequest, OutOfRange, PermissionDenied, Un
 from controlplane.fleet import facts_to_dict, timestamp, validate_facts
 from controlplane.grpc_errors import handle_errors, status_for
 from controlplane.presence import SessionHandle
-from controlplane.services import telemetry
+from controlplane.services import classes, evidence, telemetry
 from controlplane.services.context import Services
 from controlplane.services.desired import allowed_blob_size, desired_build, desired_message
 from controlplane.store import errors as store_errors
@@ -102,6 +105,8 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
         generation, desired = await s.db(s.store.get_desired, device.device_id)
         if desired:
             await context.write(desired_message(generation, desired, s))
+        for job in await evidence.pending_messages(s, device.device_id):
+            await context.write(job)
         reader = asyncio.ensure_future(self._read(device.device_id, messages, handle))
         try:
             await self._write(context, handle, reader)
@@ -204,16 +209,29 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
             kind = message.WhichOneof("body")
             if kind == "facts":
                 validate_facts(message.facts)
-                await s.db(
-                    s.store.update_facts, device_id, facts_to_dict(message.facts), message.facts.agent_version, now
-                )
+                async with s.class_lock:
+                    before = await s.db(s.store.get_device, device_id)
+                    device_class = await classes.classify(s, device_id, message.facts)
+                    await s.db(
+                        s.store.update_facts,
+                        device_id,
+                        facts_to_dict(message.facts),
+                        message.facts.agent_version,
+                        now,
+                        device_class=device_class,
+                    )
+                if before is not None and before.device_class != device_class:
+                    log.info("device %s is in class %s", device_id, device_class)
+                    await evidence.plan_latest(s)  # a new member may be needed as a benchmark sample
             elif kind == "hello":
                 raise InvalidRequest("Hello may only be sent once per session")
             elif kind == "telemetry":
                 await self._telemetry(device_id, message.telemetry, handle)
             elif kind == "status":
                 await telemetry.record_status(s, device_id, message.status)
-            # heartbeat: seen() above is all it takes. Job results are handled by the job service.
+            elif kind == "job_result":
+                await evidence.record_result(s, device_id, message.job_result)
+            # heartbeat: seen() above is all it takes.
 
     async def _telemetry(self, device_id: str, batch, handle: SessionHandle) -> None:
         """Store a batch and queue its ack; a refused batch is logged and not acked (see services.telemetry)."""

@@ -7,11 +7,13 @@ for the invariants and ``errors.py`` for what each error asks of the caller.
 from controlplane.store.errors import AlreadyExists, Conflict, NotFound, StoreError, StoreUnavailable
 from controlplane.store.rows import (
     OPERATOR_ROLES,
+    ClassRow,
     DesiredRow,
     DeviceEventRow,
     DeviceRow,
     DeviceStatusRow,
     HealthRow,
+    JobRow,
     JoinTokenRow,
     LatencyRow,
     ModelBuildRow,
@@ -24,12 +26,14 @@ from controlplane.store.store import Store
 __all__ = [
     "OPERATOR_ROLES",
     "AlreadyExists",
+    "ClassRow",
     "Conflict",
     "DesiredRow",
     "DeviceEventRow",
     "DeviceRow",
     "DeviceStatusRow",
     "HealthRow",
+    "JobRow",
     "LatencyRow",
     "JoinTokenRow",
     "ModelBuildRow",

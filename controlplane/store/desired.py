@@ -9,6 +9,7 @@ Invariants (besides those of ``store.py``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -42,9 +43,13 @@ class DesiredStore:
         max_bytes: int,
         rollback: bool | None,
         now: datetime,
+        per_device: Mapping[str, tuple[str, str, int]] | None = None,
     ) -> dict[str, int]:
         """Make (name, version, variant) the desired build of ``task`` on every device; returns each
         device's new generation.
+
+        ``per_device`` maps a device id to its own (variant, manifest_sha256, max_bytes), for a
+        deployment whose variant the selector chose per device; other devices get ``variant``.
 
         ``rollback=None`` derives the flag per device inside the transaction: True where the slot
         holds a higher version of the same model (an explicit move back), else False.
@@ -73,12 +78,15 @@ class DesiredStore:
             }
             generations: dict[str, int] = {}
             for device_id in wanted:
+                own_variant, own_manifest, own_max = (per_device or {}).get(
+                    device_id, (variant, manifest_sha256, max_bytes)
+                )
                 values = {
                     "name": name,
                     "version": version,
-                    "variant": variant,
-                    "manifest_sha256": manifest_sha256,
-                    "max_bytes": max_bytes,
+                    "variant": own_variant,
+                    "manifest_sha256": own_manifest,
+                    "max_bytes": own_max,
                     "rollback": rollback if rollback is not None else version < current.get(device_id, 0),
                     "updated_at": now,
                 }

@@ -72,6 +72,7 @@ class DeviceRow:
     connected_at: datetime | None
     disconnected_at: datetime | None
     desired_generation: int
+    device_class: str | None = None
 
     @property
     def revoked(self) -> bool:
@@ -195,3 +196,31 @@ class HealthRow:
     device: DeviceRow
     resources: ResourceSampleRow | None
     status: DeviceStatusRow | None
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    """An applied device class; ``spec`` is ``controlplane.classes.to_dict`` of it."""
+
+    name: str
+    priority: int
+    spec: dict[str, Any]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A benchmark job given to a device, and its result once the device answered."""
+
+    job_id: str
+    device_id: str
+    name: str
+    version: int
+    variant: str
+    manifest_sha256: str
+    device_class: str
+    state: str  # pending, done, expired
+    created_at: datetime
+    deadline: datetime
+    completed_at: datetime | None
+    result: dict[str, Any] | None

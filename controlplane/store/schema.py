@@ -135,6 +135,7 @@ class Device(Base):
     connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     desired_generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    device_class: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class Setting(Base):
@@ -269,3 +270,38 @@ class DeviceStatus(Base):
     failure_reason: Mapped[str] = mapped_column(Text, nullable=False)
     active: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class DeviceClass(Base):
+    """One class of the applied class file; ``spec`` is ``controlplane.classes.to_dict`` of it."""
+
+    __tablename__ = "device_classes"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    priority: Mapped[int] = mapped_column(Integer, nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class BenchmarkJob(Base):
+    """A benchmark job given to a device: ``state`` is pending, done or expired; ``result`` is the
+    device's BenchmarkResult as a JSON dict once it answered."""
+
+    __tablename__ = "benchmark_jobs"
+    __table_args__ = (
+        Index("ix_benchmark_jobs_name_version", "name", "version"),
+        Index("ix_benchmark_jobs_device_id_state", "device_id", "state"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), nullable=False)
+    name: Mapped[str] = mapped_column(String, nullable=False)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    variant: Mapped[str] = mapped_column(String, nullable=False)
+    manifest_sha256: Mapped[str] = mapped_column(String, nullable=False)
+    device_class: Mapped[str] = mapped_column(String, nullable=False)
+    state: Mapped[str] = mapped_column(String, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    deadline: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -1,6 +1,7 @@
 """The control plane's persistent store: operator tokens, join tokens, devices, settings and, through
 ``registry.RegistryStore``, publisher keys and model builds, through ``desired.DesiredStore``,
-the desired state of each device and, through ``telemetry.TelemetryStore``, telemetry and status.
+the desired state of each device, through ``telemetry.TelemetryStore``, telemetry and status and,
+through ``classes.ClassStore``, device classes and benchmark jobs.
 
 A synchronous API over one SQLAlchemy engine (SQLite or PostgreSQL); asyncio callers run
 each call in a worker thread (the server's store executor). The engine is thread-safe, so one ``Store``
@@ -34,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from controlplane.store import queries
+from controlplane.store.classes import ClassStore
 from controlplane.store.database import (
     SQLITE_BEGIN_OPTION,
     create_store_engine,
@@ -52,7 +54,7 @@ from controlplane.store.schema import Device, JoinToken, OperatorToken, Setting,
 from controlplane.store.telemetry import TelemetryStore
 
 
-class Store(RegistryStore, DesiredStore, TelemetryStore):
+class Store(RegistryStore, DesiredStore, TelemetryStore, ClassStore):
     """The control plane's database. Create it with ``Store.open``; ``close`` when done."""
 
     def __init__(self, engine: Engine) -> None:
@@ -286,15 +288,22 @@ class Store(RegistryStore, DesiredStore, TelemetryStore):
             return queries.device(conn, device_id)
 
     def list_devices(
-        self, fleet: str | None = None, *, after: str | None = None, limit: int | None = None
+        self,
+        fleet: str | None = None,
+        *,
+        device_class: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> list[DeviceRow]:
-        """Devices (of ``fleet``, if given), revoked ones included, ordered by device id.
+        """Devices (of ``fleet`` and ``device_class``, if given), revoked ones included, ordered by device id.
 
         Keyset paging: ``after`` is the last device id of the previous page, ``limit`` the page size.
         """
         query = select(Device).order_by(Device.device_id)
         if fleet is not None:
             query = query.where(Device.fleet == fleet)
+        if device_class is not None:
+            query = query.where(Device.device_class == device_class)
         if after is not None:
             query = query.where(Device.device_id > after)
         if limit is not None:
@@ -302,14 +311,25 @@ class Store(RegistryStore, DesiredStore, TelemetryStore):
         with self._transaction(write=False) as conn:
             return [DeviceRow(**row) for row in conn.execute(query).mappings()]
 
-    def update_facts(self, device_id: str, facts: Mapping[str, Any], agent_version: str, now: datetime) -> None:
-        """Replace the device's facts and agent version, stamped ``now``.
+    def update_facts(
+        self,
+        device_id: str,
+        facts: Mapping[str, Any],
+        agent_version: str,
+        now: datetime,
+        *,
+        device_class: str | None = None,
+    ) -> None:
+        """Replace the device's facts and agent version, stamped ``now``, and its class when given.
 
         Raises:
             NotFound: no device has this id.
         """
         require_aware("now", now)
-        self._update_device(device_id, facts=dict(facts), agent_version=agent_version, facts_updated_at=now)
+        values: dict[str, Any] = {"facts": dict(facts), "agent_version": agent_version, "facts_updated_at": now}
+        if device_class is not None:
+            values["device_class"] = device_class
+        self._update_device(device_id, **values)
 
     def mark_connected(self, device_id: str, boot_id: str, now: datetime) -> None:
         """Record that the device opened a session ``now`` from boot ``boot_id``; it was seen ``now``.

@@ -49,7 +49,7 @@ MAX_NAME_CHARS = 128
 MAX_REASON_CHARS = 2048
 MAX_EVENT_DETAILS = 32
 MAX_DETAIL_CHARS = 512
-LATENCY_GROUPS = ("", "variant", "version", "class", "device", "minute")
+LATENCY_GROUPS = ("", "variant", "version", "class", "device", "minute", "variant-class")
 
 _MINUTE_KEY = ("device_id", "minute", "name", "version", "variant")
 
@@ -260,8 +260,8 @@ class TelemetryStore:
         device_id: str | None = None,
     ) -> list[LatencyRow]:
         """Model minutes from ``since`` on, merged per model and ``by`` (see ``LATENCY_GROUPS``; "class"
-        groups every device under class "", "minute" keys each UTC minute by its ISO 8601 start),
-        ordered by key.
+        groups by each device's current class ("" if never classified), "variant-class" by version,
+        variant and class, "minute" keys each UTC minute by its ISO 8601 start), ordered by key.
 
         Raises:
             ValueError: unknown ``by`` or naive ``since``.
@@ -270,7 +270,11 @@ class TelemetryStore:
         if by not in LATENCY_GROUPS:
             groups = ", ".join(g or "(none)" for g in LATENCY_GROUPS)
             raise ValueError(f"unknown grouping {by!r}; expected one of {groups}")
-        query = select(ModelMinute).where(ModelMinute.minute >= since)
+        query = (
+            select(ModelMinute.__table__, DeviceTable.device_class)
+            .join(DeviceTable, DeviceTable.device_id == ModelMinute.device_id)
+            .where(ModelMinute.minute >= since)
+        )
         if model:
             query = query.where(ModelMinute.name == model)
         if version:
@@ -378,14 +382,14 @@ def _stored_histogram(row: Any) -> Histogram:
 
 def _latency_key(row: Any, by: str) -> tuple[tuple[str, str], ...]:
     key = [("model", row["name"])]
-    if by in ("version", "variant"):
+    if by in ("version", "variant", "variant-class"):
         key.append(("version", str(row["version"])))
-    if by == "variant":
+    if by in ("variant", "variant-class"):
         key.append(("variant", row["variant"]))
     if by == "device":
         key.append(("device", row["device_id"]))
-    if by == "class":
-        key.append(("class", ""))  # device classes are not stored yet
+    if by in ("class", "variant-class"):
+        key.append(("class", row["device_class"] or ""))
     if by == "minute":
         key.append(("minute", row["minute"].isoformat()))
     return tuple(key)

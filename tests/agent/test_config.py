@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from agent.backoff import Backoff
-from agent.config import AgentConfig, load_config, parse_labels, validate_labels
+from agent.config import AgentConfig, load_config, parse_byte_size, parse_cpu_list, parse_labels, validate_labels
 from agent.errors import AgentConfigError, AgentError, EnrollmentError, IdentityError, TransportError
 
 
@@ -218,3 +219,74 @@ def test_every_agent_error_shares_one_base_and_config_errors_are_value_errors() 
     for error in (AgentConfigError, EnrollmentError, TransportError, IdentityError):
         assert issubclass(error, AgentError)
     assert issubclass(AgentConfigError, ValueError)
+
+
+# --- simulated device classes: CPU affinity, memory budget ------------------------------------------
+
+ALLOWED_CPUS = sorted(os.sched_getaffinity(0))
+
+
+def test_cpu_affinity_defaults_to_empty_and_takes_usable_cpus_sorted_without_duplicates(tmp_path: Path) -> None:
+    assert load_config(None, data_dir=tmp_path).cpu_affinity == ()
+    cpu = ALLOWED_CPUS[-1]
+    assert load_config(None, data_dir=tmp_path, cpu_affinity=(cpu, cpu)).cpu_affinity == (cpu,)
+    path = write(tmp_path, f'data_dir = "{tmp_path}"\ncpu_affinity = [{cpu}]\n')
+    assert load_config(path).cpu_affinity == (cpu,)
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ((max(ALLOWED_CPUS) + 1,), "are not available to this process (available: "),
+        ((-1,), "CPU indexes must be >= 0"),
+        ((True,), "Input should be a valid integer (got True)"),
+        (("0",), "Input should be a valid integer (got '0')"),
+    ],
+    ids=["unavailable", "negative", "bool", "string"],
+)
+def test_cpu_affinity_outside_the_usable_cpus_is_refused(tmp_path: Path, value: tuple, needle: str) -> None:
+    with pytest.raises(AgentConfigError) as caught:
+        load_config(None, data_dir=tmp_path, cpu_affinity=value)
+    message = str(caught.value)
+    assert needle in message and "cpu_affinity" in message and "(from command line)" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [("0", (0,)), ("0,1", (0, 1)), ("0-3", (0, 1, 2, 3)), ("3, 0-1 ,1", (0, 1, 3)), ("2-2", (2,))],
+)
+def test_parse_cpu_list_reads_indexes_and_ranges(text: str, cpus: tuple[int, ...]) -> None:
+    assert parse_cpu_list(text) == cpus
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "empty CPU list"),
+        ("0,", "'' is not a CPU index"),
+        ("a", "'a' is not a CPU index"),
+        ("-1", "'-1' is not a CPU index"),
+        ("1-", "'1-' is not a CPU index"),
+        ("0-1-2", "'0-1-2' is not a CPU index"),
+        ("3-1", "range '3-1' is reversed"),
+        ("5000", "CPU index 5000 is over 4095"),
+    ],
+)
+def test_parse_cpu_list_rejects_malformed_lists_naming_the_option(text: str, needle: str) -> None:
+    with pytest.raises(AgentConfigError) as caught:
+        parse_cpu_list(text, "--cpu-affinity")
+    assert str(caught.value).startswith("--cpu-affinity: ") and needle in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("1234", 1234), ("12B", 12), ("512KiB", 512 * 1024), ("256MiB", 256 * 2**20), ("2 gib", 2 * 2**30)],
+)
+def test_parse_byte_size_reads_binary_units(text: str, size: int) -> None:
+    assert parse_byte_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "1.5GiB", "-1", "256MB", "256 MiB extra", "0x10"])
+def test_parse_byte_size_rejects_other_spellings(text: str) -> None:
+    with pytest.raises(AgentConfigError, match=r"^--memory-budget: .* is not a whole number with an optional unit"):
+        parse_byte_size(text, "--memory-budget")

@@ -79,6 +79,8 @@ def test_agent_killed_in_any_reconcile_state_converges_and_always_serves_a_whole
     prober.start()
     try:
         wait_for(lambda: client.serving_version() == 1, what="v1 serving after restart")
+        # The prober is a thread on a busy 2-core machine: let it see v1 before v2 is ordered.
+        wait_for(lambda: 1 in prober.answers, what="the prober answered by v1")
         deploy(cp, "gw-1", version=2)
         assert doomed.wait(timeout=60) == -9, doomed.output()
         assert f"killing the agent after persisting {phase.name}" in doomed.output()

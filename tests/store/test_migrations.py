@@ -21,7 +21,7 @@ from controlplane.store.schema import Base, OperatorToken
 from .sample import T0, device
 
 OPENERS = 4
-HEAD = "0004_telemetry"
+HEAD = "0005_classes"
 
 
 @pytest.fixture
