@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast lint protos demo demo-stop bench bench-session models clean
+.PHONY: venv test test-fast lint protos demo demo-stop bench bench-session bench-selection models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,14 @@ demo-stop:
 bench-session: venv ## 200 agents heartbeating for 60 s against one control plane
 	$(PY) scripts/bench/session.py
 
+bench-selection: venv ## chosen variant per simulated device class vs always-fp32 / always-int8-dynamic
+	$(PY) scripts/bench/selection.py
+
 bench: venv         ## every benchmark under scripts/bench/
 	$(PY) scripts/bench/session.py
 	$(PY) scripts/bench/serving.py
 	$(PY) scripts/bench/artifact.py
+	$(PY) scripts/bench/selection.py
 
 models: venv        ## rebuild every model bundle from the vendored data (CPU torch, build extra)
 	# torch first, pinned: it takes the local CPU wheel, so nothing pulls a CUDA build.

@@ -35,6 +35,10 @@ OBJECTIVES = ("most-accurate", "fastest", "smallest")
 REFERENCE_VARIANT = "fp32"
 """The reference variant: preferred among equals only in the no-evidence fallback."""
 
+QUALITY_RESOLUTION = 0.001
+"""Quality metrics closer than this (0.1 point) rank as equal: an int8 build whose slot F1 is 0.00003
+above fp32's is not "more accurate", it is the same model measured on a finite evaluation set."""
+
 TOLERANCE = 1e-9
 """Slack for comparing accuracy drops and slice gaps, which are differences of floats."""
 
@@ -176,7 +180,9 @@ class _Verdict:
 
     @property
     def quality_key(self) -> float:
-        return -math.inf if math.isnan(self.quality) else self.quality
+        """Mean quality on a grid of ``QUALITY_RESOLUTION``: closer than that counts as equal, so the
+        next criterion (p95, then size) decides between builds whose accuracy differs by noise."""
+        return -math.inf if math.isnan(self.quality) else round(self.quality / QUALITY_RESOLUTION)
 
 
 @dataclass(frozen=True)

@@ -506,10 +506,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         """The selector's build for each device (its class policy, its facts, its class's evidence):
         (device -> build, device -> why, device -> why nothing complies)."""
         s = self.s
+        devices = [await s.db(s.store.get_device, device_id) for device_id in device_ids]
+        choices, rows = await evidence.choose_for_devices(s, name, version, devices)
         chosen, why, refused = {}, {}, {}
-        for device_id in device_ids:
-            device = await s.db(s.store.get_device, device_id)
-            choice, rows = await evidence.choose(s, name, version, device=device)
+        for device_id, choice in choices.items():
             if choice.chosen is None:
                 refused[device_id] = choice.summary
                 continue

@@ -332,28 +332,43 @@ async def choose(
     s: Services, name: str, version: int, *, class_name: str = "", device: DeviceRow | None = None
 ) -> tuple[selection.Choice, list[ModelBuildRow]]:
     """The selector's choice for a class (all its devices' facts) or one device (its facts, its class)."""
+    if device is not None:
+        choices, rows = await choose_for_devices(s, name, version, [device])
+        return choices[device.device_id], rows
     rows = await version_builds(s, name, version)
-    classes = await current_classes(s)
-    if device is not None:
-        class_name = device.device_class or class_spec.DEFAULT_CLASS.name
-    by_name = {c.name: c for c in classes}
-    if class_name not in by_name:
-        raise NotFoundError(f"no device class {class_name!r}; classes: {', '.join(by_name)}")
-    if device is not None:
-        members = [device]
-    else:
-        members = [
-            d for d in await s.db(s.store.list_devices, device_class=class_name) if d.revoked_at is None and d.facts
-        ]
-    jobs = await s.db(s.store.jobs_for_model, name, rows[0].version)
-    cells = {v: m for (v, c), m in benchmark_cells(jobs).items() if c == class_name}
-    choice = selection.select(
-        selector_policy(by_name[class_name]),
-        selector_builds(rows),
-        cells,
-        [selector_device(d) for d in members if d.facts],
+    classes = {c.name: c for c in await current_classes(s)}
+    if class_name not in classes:
+        raise NotFoundError(f"no device class {class_name!r}; classes: {', '.join(classes)}")
+    members = [d for d in await s.db(s.store.list_devices, device_class=class_name) if d.revoked_at is None and d.facts]
+    cells = benchmark_cells(await s.db(s.store.jobs_for_model, name, rows[0].version))
+    return _select(classes[class_name], rows, cells, members), rows
+
+
+async def choose_for_devices(
+    s: Services, name: str, version: int, devices: Sequence[DeviceRow]
+) -> tuple[dict[str, selection.Choice], list[ModelBuildRow]]:
+    """Each device's choice: its class's policy and evidence, its own facts. Reads the builds, the
+    classes and the evidence once for all devices."""
+    rows = await version_builds(s, name, version)
+    classes = {c.name: c for c in await current_classes(s)}
+    cells = benchmark_cells(await s.db(s.store.jobs_for_model, name, rows[0].version))
+    choices = {}
+    for device in devices:
+        spec = classes.get(device.device_class or "") or classes[class_spec.DEFAULT_CLASS.name]
+        choices[device.device_id] = _select(spec, rows, cells, [device] if device.facts else [])
+    return choices, rows
+
+
+def _select(
+    spec: class_spec.ClassSpec,
+    rows: Sequence[ModelBuildRow],
+    cells: dict[tuple[str, str], selection.Measurement],
+    devices: Sequence[DeviceRow],
+) -> selection.Choice:
+    evidence = {variant: m for (variant, class_name), m in cells.items() if class_name == spec.name}
+    return selection.select(
+        selector_policy(spec), selector_builds(rows), evidence, [selector_device(d) for d in devices]
     )
-    return choice, rows
 
 
 def selection_message(choice: selection.Choice) -> admin_pb2.Selection:

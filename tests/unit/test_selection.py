@@ -631,3 +631,14 @@ def test_limits_are_inclusive_even_when_float_subtraction_is_noisy() -> None:
     choice = select(policy, builds, evidence)
 
     assert [c.variant for c in choice.ranked] == ["fp32", "int8-dynamic"] and choice.rejected == ()
+
+
+def test_accuracy_closer_than_a_tenth_of_a_point_is_a_tie_decided_by_speed() -> None:
+    """int8-dynamic's slot F1 0.00003 above fp32's does not make it "more accurate"; fp32 is faster here."""
+    builds = [nlu("fp32", 200, 0.99129, 0.878664), nlu("int8-dynamic", 50, 0.99129, 0.878697)]
+    evidence = {"fp32": measured("fp32", 0.13), "int8-dynamic": measured("int8-dynamic", 0.30)}
+    choice = select(Policy(CLASS, latency_budgets_ms={TASK: 5.0}), builds, evidence)
+    assert choice.chosen == "fp32"
+
+    clearly_better = [nlu("fp32", 200, 0.99129, 0.878664), nlu("int8-dynamic", 50, 0.99129, 0.881)]
+    assert select(Policy(CLASS, latency_budgets_ms={TASK: 5.0}), clearly_better, evidence).chosen == "int8-dynamic"
