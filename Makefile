@@ -30,7 +30,7 @@ lint: venv
 protos: venv        ## regenerate protos/edgefleet/v1/*_pb2*.py from the .proto files
 	$(PY) scripts/gen_protos.py
 
-demo: venv          ## control plane + one agent in the background on embedded defaults
+demo: venv          ## control plane + three agents in three device classes, on embedded defaults
 	bash scripts/demo.sh start
 
 demo-stop:
