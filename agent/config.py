@@ -144,6 +144,7 @@ class AgentConfig(BaseModel):
     # PEM ed25519 public keys of the publishers whose bundles this device installs.
     trusted_publisher_key_files: tuple[Path, ...] = ()
     telemetry_flush_seconds: float = Field(10.0, ge=0.05, le=3600)
+    telemetry_partial_minutes: bool = False  # send the minute in progress at every flush (faster rollout gates)
     model_memory_budget_bytes: int = Field(0, ge=0, le=2**64 - 1)  # 0: no budget
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     local_api_tcp_port: int | None = Field(None, ge=0, le=65535)  # None: unix socket only; 0: any free port

@@ -164,6 +164,7 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         boot_id=session.boot_id,
         send=session.send,
         flush_seconds=config.telemetry_flush_seconds,
+        partial_minutes=config.telemetry_partial_minutes,
     )
     channel = device_channel(identity)
     source = GatewaySource(agent_pb2_grpc.AgentGatewayStub(channel), timeout_seconds=config.rpc_timeout_seconds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_API_PORT = 7443
 DEFAULT_DEVICE_PORT = 7444
@@ -33,6 +33,24 @@ class ServerConfig(BaseModel):
     blob_upload_idle_seconds: float = Field(60.0, gt=0, le=3600)  # an upload silent this long is dropped
     benchmark_job_seconds: int = Field(3600, ge=10, le=7 * 24 * 3600)  # a job unanswered this long goes elsewhere
     benchmark_runs: int = Field(50, ge=5, le=1000)  # timed inferences per benchmark job
+    rollout_tick_seconds: float = Field(2.0, gt=0, le=60)  # how often rollout controllers look at their devices
+    rollout_remeasure_seconds: float = Field(60.0, gt=0, le=3600)  # a gate without enough data measures again
+    # Retention (see TelemetryStore.roll_up): model minutes older than minute_retention_days become hourly
+    # rows, kept hour_retention_days; telemetry de-dup keys are kept as long as the minutes.
+    rollup_interval_seconds: float = Field(300.0, gt=0, le=24 * 3600)
+    minute_retention_days: int = Field(7, ge=1, le=3650)
+    hour_retention_days: int = Field(90, ge=1, le=3650)
+    event_retention_days: int = Field(30, ge=1, le=3650)
+    resource_retention_days: int = Field(7, ge=1, le=3650)
+    # Prometheus metrics over HTTP on listen_host: None = off, 0 = any free port.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_cache_seconds: float = Field(5.0, ge=0, le=300)  # a scrape within this reuses the last queries
+
+    @model_validator(mode="after")
+    def _hours_outlive_minutes(self) -> ServerConfig:
+        if self.hour_retention_days < self.minute_retention_days:
+            raise ValueError("hour_retention_days must be at least minute_retention_days")
+        return self
 
     @field_validator("data_dir")
     @classmethod

@@ -85,6 +85,9 @@ class Thresholds:
     max_error_rate_increase: float = 0.02
     """Absolute: 0.02 = the canary's error rate may exceed the control's by 2 percentage points."""
     max_latency_p95_ratio: float = 1.5
+    latency_slack_ms: float = 1.0
+    """The p95 ratio breaches only when the canary is also this much slower in absolute terms: for
+    sub-millisecond models, 0.04 ms vs 0.02 ms is scheduling noise, not a regression."""
     max_confidence_drop: float = 0.05
     """Absolute drop of mean confidence vs the control."""
     max_low_confidence_rate_increase: float = 0.1
@@ -106,6 +109,7 @@ class Thresholds:
             _check_number(self, name, 0.0, 1.0)
         _check_number(self, "max_low_confidence_rate_increase", 0.0, 1.0)
         _check_number(self, "max_latency_p95_ratio", 1.0, math.inf)
+        _check_number(self, "latency_slack_ms", 0.0, math.inf)
         for name in ("max_error_rate", "min_mean_confidence", "max_low_confidence_rate"):
             _check_optional(self, name, 0.0, 1.0)
         _check_optional(self, "max_latency_p95_ms", 0.0, math.inf)
@@ -209,8 +213,13 @@ def _relative(c: CohortStats, k: CohortStats, t: Thresholds, numbers: dict[str, 
         ratio = c.latency_p95_ms / k.latency_p95_ms
         numbers["latency_p95_ratio"] = ratio
         text = f"p95 latency {_ms(c.latency_p95_ms)} ms is {ratio:.2f}x the control's {_ms(k.latency_p95_ms)} ms"
-        if ratio > t.max_latency_p95_ratio + TOLERANCE:
+        slower_by = c.latency_p95_ms - k.latency_p95_ms
+        if ratio > t.max_latency_p95_ratio + TOLERANCE and slower_by > t.latency_slack_ms + TOLERANCE:
             breaches.append(f"{text} > max {t.max_latency_p95_ratio:.2f}x")
+        elif ratio > t.max_latency_p95_ratio + TOLERANCE:
+            passes.append(
+                f"{text}, but only {_ms(slower_by)} ms slower (within the {_ms(t.latency_slack_ms)} ms slack)"
+            )
         else:
             passes.append(f"{text} <= max {t.max_latency_p95_ratio:.2f}x")
 

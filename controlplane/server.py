@@ -9,6 +9,11 @@ at this server. Every start issues a fresh server certificate from the same
 CA, so pinned fingerprints stay valid. SIGTERM/SIGINT stop gracefully:
 sessions get Disconnect, in-flight calls get a grace period, last-seen times
 are flushed.
+
+Background work: the presence flush, and the retention task, which runs ``Store.roll_up`` at start
+and every ``rollup_interval_seconds`` (minutes older than ``minute_retention_days`` become hourly
+rows, kept ``hour_retention_days``; events and resource samples expire after their own retention).
+With ``metrics_port`` set, a Prometheus endpoint (``controlplane.metrics``) listens on the same host.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -31,12 +37,14 @@ from controlplane.auth import new_operator_token, sha256_hex
 from controlplane.blobs import BlobStore
 from controlplane.config import ServerConfig
 from controlplane.errors import DataDirError
+from controlplane.metrics import MetricsServer, ServerStats
 from controlplane.pki import load_or_create_ca, write_private
 from controlplane.presence import Presence
 from controlplane.services.admin import AdminService
 from controlplane.services.context import Services, utcnow
 from controlplane.services.enrollment import EnrollmentService
 from controlplane.services.gateway import GatewayService
+from controlplane.services.rollouts import RolloutService
 from controlplane.store import Store
 from protos.edgefleet.v1 import admin_pb2, agent_pb2, enrollment_pb2
 from protos.limits import MAX_ADMIN_MESSAGE_BYTES, MAX_SESSION_MESSAGE_BYTES
@@ -80,9 +88,31 @@ class RunningServer:
     api_port: int
     device_port: int
     health: tuple[health.aio.HealthServicer, ...]
+    stats: ServerStats = field(default_factory=ServerStats)
+    rollup_task: asyncio.Task | None = None
+    rollout_task: asyncio.Task | None = None
+    rollout_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: MetricsServer | None = None
+    metrics_port: int | None = None  # the bound port, when the metrics endpoint is on
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.services.config.shutdown_grace_seconds if grace is None else grace
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+        if self.rollup_task is not None:
+            self.rollup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.rollup_task
+        if self.rollout_task is not None:
+            # Let a controller step in flight finish (its state is persisted first, so cutting it is
+            # safe too, but a clean stop leaves nothing for recovery to redo).
+            self.rollout_stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.rollout_task), timeout=max(grace, 1.0))
+            except (TimeoutError, Exception):  # noqa: BLE001 - a failed or slow controller must not block stop
+                self.rollout_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self.rollout_task
         for servicer in self.health:
             await servicer.enter_graceful_shutdown()
         for handle in self.services.presence.sessions():
@@ -167,7 +197,8 @@ async def start(config: ServerConfig) -> RunningServer:
     from protos.edgefleet.v1 import admin_pb2_grpc, agent_pb2_grpc, enrollment_pb2_grpc
 
     api_health, device_health = health.aio.HealthServicer(), health.aio.HealthServicer()
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(services), api_server)
+    rollouts = RolloutService(services)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(services, rollouts), api_server)
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(services), api_server)
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(GatewayService(services), device_server)
     health_pb2_grpc.add_HealthServicer_to_server(api_health, api_server)
@@ -180,15 +211,76 @@ async def start(config: ServerConfig) -> RunningServer:
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*api_services, health_name, reflection.SERVICE_NAME], api_server)
 
+    stats = ServerStats()
+    metrics: MetricsServer | None = None
+    metrics_port: int | None = None
+    if config.metrics_port is not None:
+        metrics = MetricsServer(services, stats)
+        try:
+            metrics_port = await asyncio.to_thread(metrics.start, config.listen_host, config.metrics_port)
+        except OSError as exc:
+            executor.shutdown(wait=False)
+            store.close()
+            raise DataDirError(f"cannot serve metrics on {config.listen_host}:{config.metrics_port}: {exc}") from exc
+
     await api_server.start()
     await device_server.start()
     presence.start()
+    rollup_task = asyncio.get_running_loop().create_task(_retention_loop(services, stats), name="retention")
+    rollout_stop = asyncio.Event()
+    rollout_task = asyncio.get_running_loop().create_task(rollouts.run(rollout_stop), name="rollouts")
     for servicer, names in ((api_health, api_services), (device_health, device_services)):
         for name in ("", *names):
             await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _write_cli_config(config.data_dir, config.listen_host, api_port)
     log.info("control plane listening: api %s, devices %s, data %s", api_port, device_port, config.data_dir)
-    return RunningServer(services, api_server, device_server, api_port, device_port, (api_health, device_health))
+    if metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", _host(config.listen_host), metrics_port)
+    return RunningServer(
+        services,
+        api_server,
+        device_server,
+        api_port,
+        device_port,
+        (api_health, device_health),
+        stats=stats,
+        rollup_task=rollup_task,
+        rollout_task=rollout_task,
+        rollout_stop=rollout_stop,
+        metrics=metrics,
+        metrics_port=metrics_port,
+    )
+
+
+async def run_retention(services: Services, stats: ServerStats) -> dict[str, int] | None:
+    """One retention run (``Store.roll_up`` with the configured retentions); logs and counts it.
+
+    Returns the counts, or None if it failed (logged; the next run tries again).
+    """
+    config = services.config
+    try:
+        counts = await services.db(
+            services.store.roll_up,
+            services.clock(),
+            minute_retention=timedelta(days=config.minute_retention_days),
+            hour_retention=timedelta(days=config.hour_retention_days),
+            event_retention=timedelta(days=config.event_retention_days),
+            resource_retention=timedelta(days=config.resource_retention_days),
+        )
+    except Exception:
+        stats.rollup_failed()
+        log.exception("retention run failed; trying again in %.0f s", config.rollup_interval_seconds)
+        return None
+    stats.rollup_done(counts)
+    done = ", ".join(f"{what} {count}" for what, count in counts.items() if count)
+    log.log(logging.INFO if done else logging.DEBUG, "retention: %s", done or "nothing to do")
+    return counts
+
+
+async def _retention_loop(services: Services, stats: ServerStats) -> None:
+    while True:
+        await run_retention(services, stats)
+        await asyncio.sleep(services.config.rollup_interval_seconds)
 
 
 def _host(host: str) -> str:

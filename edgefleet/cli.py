@@ -18,7 +18,7 @@ import typer  # noqa: E402
 from agent.cli import AgentExit, agent  # noqa: E402
 from agent.infer_cli import InferError  # noqa: E402
 from agent.infer_cli import app as infer_app  # noqa: E402
-from controlplane.cli import classes, devices, keys, models, operators, telemetry, tokens  # noqa: E402
+from controlplane.cli import classes, devices, keys, models, operators, rollouts, telemetry, tokens  # noqa: E402
 from controlplane.cli.deploy import deploy  # noqa: E402
 from controlplane.cli.errors import CliError  # noqa: E402
 from controlplane.cli.server_cmd import server  # noqa: E402
@@ -37,6 +37,7 @@ app.add_typer(operators.app, name="operators")
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")
 app.add_typer(telemetry.app, name="telemetry")
+app.add_typer(rollouts.app, name="rollouts")
 app.add_typer(infer_app, name="infer")
 app.command("deploy")(deploy)
 app.command("server")(server)

@@ -50,6 +50,7 @@ class TelemetryPipeline:
         clock: Callable[[], dt.datetime] = utcnow,
         flush_seconds: float = 10.0,
         resources_every: int = 6,
+        partial_minutes: bool = False,
     ) -> None:
         self.device_id = device_id
         self.boot_id = boot_id
@@ -58,6 +59,9 @@ class TelemetryPipeline:
         self._clock = clock
         self._flush_seconds = flush_seconds
         self._resources_every = resources_every
+        # Also send the minute in progress at every flush (the control plane adds the parts up):
+        # a rollout gate then sees traffic within one flush instead of after the minute ends.
+        self._partial_minutes = partial_minutes
         self._aggregator = MinuteAggregator()
         self._sampler = ResourceSampler()
         self._events: list[common_pb2.LifecycleEvent] = []
@@ -127,7 +131,7 @@ class TelemetryPipeline:
     def _build(self, final: bool) -> telemetry_pb2.TelemetryBatch | None:
         now = self._clock()
         with self._guard:
-            minutes = self._aggregator.drain_all() if final else self._aggregator.drain(now)
+            minutes = self._aggregator.drain_all() if final or self._partial_minutes else self._aggregator.drain(now)
             events, self._events = self._events[:MAX_EVENTS_PER_BATCH], self._events[MAX_EVENTS_PER_BATCH:]
         self._flushes += 1
         resources = []

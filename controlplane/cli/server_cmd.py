@@ -31,6 +31,37 @@ def server(
     ] = "",
     tls_name: Annotated[list[str] | None, typer.Option("--tls-name", help="Extra name for the certificate")] = None,
     heartbeat_seconds: Annotated[int, typer.Option("--heartbeat-seconds", help="Agent heartbeat interval")] = 10,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port", help="Serve Prometheus metrics on this port of --listen, e.g. 9464 (default: off)"
+        ),
+    ] = None,
+    rollup_interval: Annotated[
+        float, typer.Option("--rollup-interval-seconds", help="How often old telemetry is rolled up and expired")
+    ] = 300.0,
+    minute_retention: Annotated[
+        int, typer.Option("--minute-retention-days", help="Keep per-minute model telemetry this long, then hourly")
+    ] = 7,
+    hour_retention: Annotated[
+        int, typer.Option("--hour-retention-days", help="Keep hourly model telemetry this long")
+    ] = 90,
+    event_retention: Annotated[
+        int, typer.Option("--event-retention-days", help="Keep device lifecycle events this long")
+    ] = 30,
+    resource_retention: Annotated[
+        int, typer.Option("--resource-retention-days", help="Keep device resource samples this long")
+    ] = 7,
+    benchmark_runs: Annotated[
+        int, typer.Option("--benchmark-runs", help="Timed inferences per benchmark job on a device (5-1000)")
+    ] = 50,
+    rollout_tick: Annotated[
+        float, typer.Option("--rollout-tick-seconds", help="How often rollout controllers check their devices")
+    ] = 2.0,
+    rollout_remeasure: Annotated[
+        float,
+        typer.Option("--rollout-remeasure-seconds", help="A gate short of data measures again after this long"),
+    ] = 60.0,
     ready_file: Annotated[
         Path | None, typer.Option("--ready-file", help="Write 'API_PORT DEVICE_PORT PID' here when ready")
     ] = None,
@@ -38,7 +69,7 @@ def server(
 ) -> None:
     """Run the control plane (embedded SQLite by default; PostgreSQL with --db).
 
-    Example: edgefleet server --data-dir /var/lib/edgefleet-server --advertise fleet.example.com
+    Example: edgefleet server --data-dir /var/lib/edgefleet-server --advertise fleet.example.com --metrics-port 9464
     """
     from pydantic import ValidationError
 
@@ -60,10 +91,20 @@ def server(
             artifact_bytes_per_second=artifact_rate,
             extra_tls_names=tuple(tls_name or ()),
             heartbeat_interval_seconds=heartbeat_seconds,
+            metrics_port=metrics_port,
+            rollup_interval_seconds=rollup_interval,
+            minute_retention_days=minute_retention,
+            hour_retention_days=hour_retention,
+            event_retention_days=event_retention,
+            resource_retention_days=resource_retention,
+            benchmark_runs=benchmark_runs,
+            rollout_tick_seconds=rollout_tick,
+            rollout_remeasure_seconds=rollout_remeasure,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CliError(f"invalid server option {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        where = ".".join(map(str, first["loc"])) or "combination"
+        raise CliError(f"invalid server option {where}: {first['msg']}") from exc
     try:
         asyncio.run(serve(config, ready_file=ready_file))
     except (DataDirError, StoreError, ValueError) as exc:

@@ -23,6 +23,7 @@ import secrets
 
 import grpc
 
+from controlplane import rollout
 from controlplane.auth import Role, bearer_token, new_operator_token, new_secret, require_role, sha256_hex
 from controlplane.blobs import BlobStalled, BlobTooLarge, check_sha256
 from controlplane.errors import InvalidRequest, NotFoundError, PreconditionFailed, Unauthenticated
@@ -31,6 +32,7 @@ from controlplane.grpc_errors import handle_errors
 from controlplane.services import classes, evidence, telemetry
 from controlplane.services.context import Services
 from controlplane.services.desired import push_desired
+from controlplane.services.rollouts import RolloutService
 from protos.bundles import (
     MAX_SIGNATURES,
     MAX_VERSION,
@@ -54,8 +56,9 @@ MAX_CLASS_FILE_CHARS = 256 * 1024
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, rollouts: RolloutService | None = None) -> None:
         self.s = services
+        self.rollouts = rollouts or RolloutService(services)
 
     async def caller(self, context: grpc.aio.ServicerContext, needed: Role, action: str):
         token = bearer_token(context.invocation_metadata())
@@ -428,6 +431,39 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         class_name = request.device_class or classes.spec.DEFAULT_CLASS.name
         choice, _ = await evidence.choose(s, request.name, request.version, class_name=class_name, device=device)
         return evidence.selection_message(choice)
+
+    # --- rollouts ---
+
+    @handle_errors
+    async def StartRollout(self, request, context):  # noqa: N802
+        """Start a rollout in waves; the controller takes it from there (see services.rollouts)."""
+        caller = await self.caller(context, Role.OPERATOR, "starting a rollout")
+        if request.version > MAX_VERSION:
+            raise InvalidRequest(f"version must be at most {MAX_VERSION}")
+        state = await self.rollouts.start(request, caller.name)
+        return await self.rollouts.message(state)
+
+    @handle_errors
+    async def ListRollouts(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "listing rollouts")
+        if request.fleet:
+            check_name("fleet", request.fleet)
+        rows = await self.s.db(self.s.store.list_rollouts, request.fleet or None, active_only=request.active_only)
+        return admin_pb2.ListRolloutsResponse(
+            rollouts=[await self.rollouts.message(rollout.from_json(row.state)) for row in rows]
+        )
+
+    @handle_errors
+    async def GetRollout(self, request, context):  # noqa: N802
+        await self.caller(context, Role.VIEWER, "reading rollouts")
+        return await self.rollouts.message(await self.rollouts.load(request.rollout_id))
+
+    @handle_errors
+    async def ControlRollout(self, request, context):  # noqa: N802
+        """pause, resume, abort or rollback a rollout; a command that does not fit its phase is refused."""
+        caller = await self.caller(context, Role.OPERATOR, "controlling a rollout")
+        state = await self.rollouts.control(request.rollout_id, request.action, caller.name)
+        return await self.rollouts.message(state)
 
     # --- deployments ---
 

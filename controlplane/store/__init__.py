@@ -20,6 +20,7 @@ from controlplane.store.rows import (
     OperatorTokenRow,
     PublisherKeyRow,
     ResourceSampleRow,
+    RolloutRow,
 )
 from controlplane.store.store import Store
 
@@ -41,6 +42,7 @@ __all__ = [
     "OperatorTokenRow",
     "PublisherKeyRow",
     "ResourceSampleRow",
+    "RolloutRow",
     "Store",
     "StoreError",
     "StoreUnavailable",

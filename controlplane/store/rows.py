@@ -224,3 +224,18 @@ class JobRow:
     deadline: datetime
     completed_at: datetime | None
     result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    """A stored rollout; ``state`` is the controller's JSON (``controlplane.rollout.from_json``)."""
+
+    rollout_id: str
+    fleet: str
+    model: str
+    version: int
+    phase: str
+    state: str
+    active_slot: str | None
+    created_at: datetime
+    updated_at: datetime

@@ -197,6 +197,7 @@ class TelemetryBatchKey(Base):
     """A telemetry batch already stored: the de-duplication key of resends."""
 
     __tablename__ = "telemetry_batches"
+    __table_args__ = (Index("ix_telemetry_batches_received_at", "received_at"),)  # retention deletes by age
 
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
     boot_id: Mapped[str] = mapped_column(String, primary_key=True)
@@ -208,9 +209,34 @@ class ModelMinute(Base):
     """One device's requests to one build in one UTC minute; batches for the same key add up."""
 
     __tablename__ = "model_minutes"
+    __table_args__ = (Index("ix_model_minutes_minute", "minute"),)  # roll-up and latency read by time
 
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
     minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    variant: Mapped[str] = mapped_column(String, primary_key=True)
+    task: Mapped[str] = mapped_column(String, nullable=False)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    errors: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    latency_counts: Mapped[list[int]] = mapped_column(JSON, nullable=False)
+    latency_sum_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    latency_max_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    confidence_sum: Mapped[float] = mapped_column(Double, nullable=False)
+    low_confidence: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    input_size_sum: Mapped[float] = mapped_column(Double, nullable=False)
+    input_size_max: Mapped[float] = mapped_column(Double, nullable=False)
+
+
+class ModelHour(Base):
+    """Model minutes older than the minute retention, merged per (device, UTC hour, build): counts and
+    histogram buckets added exactly, the max the largest (see ``TelemetryStore.roll_up``)."""
+
+    __tablename__ = "model_hours"
+    __table_args__ = (Index("ix_model_hours_hour", "hour"),)
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     name: Mapped[str] = mapped_column(String, primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     variant: Mapped[str] = mapped_column(String, primary_key=True)
@@ -230,6 +256,7 @@ class ResourceSample(Base):
     """A device's resource use at one instant; ``temperature_celsius`` is NULL when the OS does not expose it."""
 
     __tablename__ = "resource_samples"
+    __table_args__ = (Index("ix_resource_samples_at", "at"),)  # retention deletes by age
 
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
@@ -244,7 +271,7 @@ class DeviceEvent(Base):
     """A lifecycle event a device reported (``kind`` is the LifecycleEvent.Kind name)."""
 
     __tablename__ = "device_events"
-    __table_args__ = (Index("ix_device_events_device_id_at", "device_id", "at"),)
+    __table_args__ = (Index("ix_device_events_device_id_at", "device_id", "at"), Index("ix_device_events_at", "at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), nullable=False)
@@ -305,3 +332,21 @@ class BenchmarkJob(Base):
     deadline: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class RolloutRecord(Base):
+    """A rollout: ``state`` is ``controlplane.rollout.to_json``; ``active_slot`` is "FLEET/MODEL" until the
+    rollout ends, then NULL (one active rollout per fleet and model, enforced by the unique index)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_fleet", "fleet"),)
+
+    rollout_id: Mapped[str] = mapped_column(String, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String, nullable=False)
+    model: Mapped[str] = mapped_column(String, nullable=False)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    phase: Mapped[str] = mapped_column(String, nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False)
+    active_slot: Mapped[str | None] = mapped_column(String, nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -1,7 +1,8 @@
 """The control plane's persistent store: operator tokens, join tokens, devices, settings and, through
 ``registry.RegistryStore``, publisher keys and model builds, through ``desired.DesiredStore``,
 the desired state of each device, through ``telemetry.TelemetryStore``, telemetry and status and,
-through ``classes.ClassStore``, device classes and benchmark jobs.
+through ``classes.ClassStore``, device classes and benchmark jobs and, through
+``rollouts.RolloutStore``, rollouts and the cohort telemetry their gates read.
 
 A synchronous API over one SQLAlchemy engine (SQLite or PostgreSQL); asyncio callers run
 each call in a worker thread (the server's store executor). The engine is thread-safe, so one ``Store``
@@ -49,12 +50,13 @@ from controlplane.store.desired import DesiredStore
 from controlplane.store.errors import AlreadyExists, NotFound
 from controlplane.store.queries import must, require_aware
 from controlplane.store.registry import RegistryStore
+from controlplane.store.rollouts import RolloutStore
 from controlplane.store.rows import OPERATOR_ROLES, DeviceRow, JoinTokenRow, OperatorTokenRow
 from controlplane.store.schema import Device, JoinToken, OperatorToken, Setting, UTCDateTime
 from controlplane.store.telemetry import TelemetryStore
 
 
-class Store(RegistryStore, DesiredStore, TelemetryStore, ClassStore):
+class Store(RegistryStore, DesiredStore, TelemetryStore, ClassStore, RolloutStore):
     """The control plane's database. Create it with ``Store.open``; ``close`` when done."""
 
     def __init__(self, engine: Engine) -> None:

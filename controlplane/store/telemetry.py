@@ -10,18 +10,26 @@ Invariants (besides those of ``store.py``):
   batches for one minute on PostgreSQL serialize on the row (SQLite writers are serialized anyway).
 - A batch is validated whole before any SQL runs (``parse_batch``): counts are bounded, numbers
   finite, histograms well-formed. A bad batch raises ``ValueError`` and stores nothing.
+- Retention (``roll_up``): a model minute older than the minute retention is merged into its
+  ``model_hours`` row (same exact merge) and deleted in the same transaction, so a crash never
+  counts it twice nor loses it; every request is in exactly one of the two tables, and ``latency``
+  reads both. Roll-up and deletes work in bounded batches, one transaction each.
+- A batch key is kept at least as long as the minute retention: an agent's resend of a batch
+  whose key was deleted would be counted again.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import Counter
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, insert, select
+from sqlalchemy import and_, case, delete, func, insert, literal, select, tuple_, union_all
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection
 
@@ -36,8 +44,16 @@ from controlplane.store.rows import (
     LatencyRow,
     ResourceSampleRow,
 )
+from controlplane.store.schema import (
+    BenchmarkJob,
+    DeviceEvent,
+    DeviceStatus,
+    ModelHour,
+    ModelMinute,
+    ResourceSample,
+    TelemetryBatchKey,
+)
 from controlplane.store.schema import Device as DeviceTable
-from controlplane.store.schema import DeviceEvent, DeviceStatus, ModelMinute, ResourceSample, TelemetryBatchKey
 from protos.edgefleet.v1 import common_pb2, telemetry_pb2
 from protos.histogram import Histogram
 
@@ -52,6 +68,59 @@ MAX_DETAIL_CHARS = 512
 LATENCY_GROUPS = ("", "variant", "version", "class", "device", "minute", "variant-class")
 
 _MINUTE_KEY = ("device_id", "minute", "name", "version", "variant")
+_HOUR_KEY = ("device_id", "hour", "name", "version", "variant")
+ROLLUP_BATCH_ROWS = 5000
+HOUR = timedelta(hours=1)
+_SUMMED = ("requests", "errors", "confidence_sum", "low_confidence", "input_size_sum")
+
+
+@dataclass(frozen=True)
+class ModelWindowRow:
+    """Model minutes of the whole fleet in a recent window, merged per build."""
+
+    name: str
+    version: int
+    variant: str
+    requests: int
+    errors: int
+    latency: Histogram
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """Fleet-level aggregates for the metrics endpoint: no device ids anywhere.
+
+    ``devices`` counts (fleet, state) with state online, offline or revoked; ``classes`` counts devices
+    not revoked by class ("" if never classified); ``desired_generations`` sums each fleet's
+    desired-state generations (it grows by one per device each time a desired state is published).
+    """
+
+    devices: dict[tuple[str, str], int]
+    classes: dict[str, int]
+    desired_generations: dict[str, int]
+    jobs: dict[str, int]
+    models: list[ModelWindowRow]
+
+
+class _Counts:
+    """Thread-safe counters of ``ingest_batch`` outcomes in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, outcome: str) -> None:
+        with self._lock:
+            self._counts[outcome] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def floor_hour(at: datetime) -> datetime:
+    """The start of ``at``'s UTC hour."""
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 @dataclass(frozen=True)
@@ -190,6 +259,22 @@ class TelemetryStore:
             NotFound: no device has this id.
         """
         require_aware("now", now)
+        try:
+            duplicate = self._ingest_batch(device_id, batch, now)
+        except (ValueError, NotFound):
+            self._ingest_counts().add("refused")
+            raise
+        self._ingest_counts().add("duplicate" if duplicate else "stored")
+        return duplicate
+
+    def ingest_counts(self) -> dict[str, int]:
+        """How many batches this store object stored, found already stored, or refused (malformed, unknown device)."""
+        return self._ingest_counts().snapshot()
+
+    def _ingest_counts(self) -> _Counts:
+        return vars(self).setdefault("_telemetry_ingest_counts", _Counts())
+
+    def _ingest_batch(self, device_id: str, batch: telemetry_pb2.TelemetryBatch, now: datetime) -> bool:
         parsed = parse_batch(batch)
         with self._transaction(write=True) as conn:
             if queries.device(conn, device_id) is None:
@@ -263,24 +348,49 @@ class TelemetryStore:
         groups by each device's current class ("" if never classified), "variant-class" by version,
         variant and class, "minute" keys each UTC minute by its ISO 8601 start), ordered by key.
 
+        Minutes already rolled up (older than the minute retention) are read from their hour rows: an
+        hour row counts whole when its hour overlaps the range (it starts at or after ``since``'s
+        hour), and "minute" keys it by the start of the hour.
+
         Raises:
             ValueError: unknown ``by`` or naive ``since``.
         """
         require_aware("since", since)
         if by not in LATENCY_GROUPS:
-            groups = ", ".join(g or "(none)" for g in LATENCY_GROUPS)
-            raise ValueError(f"unknown grouping {by!r}; expected one of {groups}")
-        query = (
-            select(ModelMinute.__table__, DeviceTable.device_class)
-            .join(DeviceTable, DeviceTable.device_id == ModelMinute.device_id)
-            .where(ModelMinute.minute >= since)
-        )
-        if model:
-            query = query.where(ModelMinute.name == model)
-        if version:
-            query = query.where(ModelMinute.version == version)
-        if device_id:
-            query = query.where(ModelMinute.device_id == device_id)
+            known = ", ".join(g or "(none)" for g in LATENCY_GROUPS)
+            raise ValueError(f"unknown grouping {by!r}; expected one of {known}")
+        parts = []
+        for table, time_column, start in (
+            (ModelMinute, ModelMinute.minute, since),
+            (ModelHour, ModelHour.hour, floor_hour(since)),
+        ):
+            part = (
+                select(
+                    table.device_id,
+                    time_column.label("minute"),
+                    table.name,
+                    table.version,
+                    table.variant,
+                    table.requests,
+                    table.errors,
+                    table.confidence_sum,
+                    table.low_confidence,
+                    table.latency_counts,
+                    table.latency_sum_ms,
+                    table.latency_max_ms,
+                    DeviceTable.device_class,
+                )
+                .join(DeviceTable, DeviceTable.device_id == table.device_id)
+                .where(time_column >= start)
+            )
+            if model:
+                part = part.where(table.name == model)
+            if version:
+                part = part.where(table.version == version)
+            if device_id:
+                part = part.where(table.device_id == device_id)
+            parts.append(part)
+        query = union_all(*parts)
         groups: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
         with self._transaction(write=False) as conn:
             for row in conn.execute(query).mappings():
@@ -293,8 +403,135 @@ class TelemetryStore:
                 group["errors"] += row["errors"]
                 group["confidence_sum"] += row["confidence_sum"]
                 group["low_confidence"] += row["low_confidence"]
-                group["latency"] = group["latency"].merge(_stored_histogram(row))
+                group["latency"] = group["latency"].merge(_read_histogram(row))
         return [LatencyRow(key=dict(key), **group) for key, group in sorted(groups.items())]
+
+    def roll_up(
+        self,
+        now: datetime,
+        *,
+        minute_retention: timedelta,
+        hour_retention: timedelta,
+        event_retention: timedelta,
+        resource_retention: timedelta,
+        batch_rows: int = ROLLUP_BATCH_ROWS,
+    ) -> dict[str, int]:
+        """Apply the retention: merge model minutes of hours that ended more than ``minute_retention``
+        ago into ``model_hours`` and delete them; delete hour rows older than ``hour_retention``,
+        lifecycle events older than ``event_retention``, resource samples older than
+        ``resource_retention`` and batch keys received more than ``minute_retention`` ago.
+
+        Each batch of at most ``batch_rows`` rows is one transaction (a minute's merge and delete are in
+        the same one), so a crash at any point loses and double-counts nothing, and running it again,
+        or on two servers at once, is harmless. Returns how many rows each step touched: "minutes"
+        (rolled up), "hours" (hour rows written), "hours_deleted", "events_deleted",
+        "resources_deleted", "batch_keys_deleted".
+
+        Raises:
+            ValueError: naive ``now``, a retention not positive, ``hour_retention`` shorter than
+                ``minute_retention``, or ``batch_rows`` below 1.
+        """
+        require_aware("now", now)
+        for what, retention in (
+            ("minute_retention", minute_retention),
+            ("hour_retention", hour_retention),
+            ("event_retention", event_retention),
+            ("resource_retention", resource_retention),
+        ):
+            if retention <= timedelta(0):
+                raise ValueError(f"{what} must be positive, got {retention}")
+        if hour_retention < minute_retention:
+            raise ValueError(f"hour_retention ({hour_retention}) is shorter than minute_retention ({minute_retention})")
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+        counts = {"minutes": 0, "hours": 0}
+        minute_cutoff = floor_hour(now - minute_retention)  # whole hours only: an hour is in one table
+        while True:
+            with self._transaction(write=True) as conn:
+                minutes, hours = _roll_up_batch(conn, minute_cutoff, batch_rows)
+            counts["minutes"] += minutes
+            counts["hours"] += hours
+            if minutes < batch_rows:
+                break
+        for what, table, column, cutoff in (
+            ("hours_deleted", ModelHour, ModelHour.hour, now - hour_retention),
+            ("events_deleted", DeviceEvent, DeviceEvent.at, now - event_retention),
+            ("resources_deleted", ResourceSample, ResourceSample.at, now - resource_retention),
+            ("batch_keys_deleted", TelemetryBatchKey, TelemetryBatchKey.received_at, now - minute_retention),
+        ):
+            counts[what] = 0
+            while True:
+                with self._transaction(write=True) as conn:
+                    deleted = _delete_older(conn, table, column, cutoff, batch_rows)
+                counts[what] += deleted
+                if deleted < batch_rows:
+                    break
+        return counts
+
+    def fleet_snapshot(self, now: datetime, *, online_since: datetime, window: timedelta) -> FleetSnapshot:
+        """Fleet-level aggregates, in one read transaction: devices by fleet and state (online: connected,
+        not revoked, last seen at or after ``online_since``), by class, desired-state generations per
+        fleet, benchmark jobs by state, and model minutes of the last ``window`` merged per build.
+
+        Raises:
+            ValueError: naive ``now`` or ``online_since``.
+        """
+        require_aware("now", now)
+        require_aware("online_since", online_since)
+        connected = and_(
+            DeviceTable.connected_at.is_not(None),
+            (DeviceTable.disconnected_at.is_(None)) | (DeviceTable.connected_at > DeviceTable.disconnected_at),
+        )
+        state = case(
+            (DeviceTable.revoked_at.is_not(None), literal("revoked")),
+            (and_(connected, DeviceTable.last_seen >= online_since), literal("online")),
+            else_=literal("offline"),
+        ).label("state")
+        devices = select(
+            DeviceTable.fleet,
+            state,
+            DeviceTable.device_class,
+            func.count().label("devices"),
+            func.coalesce(func.sum(DeviceTable.desired_generation), 0).label("generations"),
+        ).group_by(DeviceTable.fleet, state, DeviceTable.device_class)
+        jobs = select(BenchmarkJob.state, func.count()).group_by(BenchmarkJob.state)
+        start = (now - window).astimezone(UTC).replace(second=0, microsecond=0)
+        minutes = select(
+            ModelMinute.name,
+            ModelMinute.version,
+            ModelMinute.variant,
+            ModelMinute.requests,
+            ModelMinute.errors,
+            ModelMinute.latency_counts,
+            ModelMinute.latency_sum_ms,
+            ModelMinute.latency_max_ms,
+        ).where(ModelMinute.minute >= start)
+        by_state: Counter[tuple[str, str]] = Counter()
+        classes: Counter[str] = Counter()
+        generations: Counter[str] = Counter()
+        builds: dict[tuple[str, int, str], list[Any]] = {}
+        with self._transaction(write=False) as conn:
+            for fleet, device_state, device_class, count, generation in conn.execute(devices):
+                by_state[(fleet, device_state)] += int(count)
+                generations[fleet] += int(generation)
+                if device_state != "revoked":
+                    classes[device_class or ""] += int(count)
+            job_counts = {job_state: int(count) for job_state, count in conn.execute(jobs)}
+            for row in conn.execute(minutes).mappings():
+                build = builds.setdefault((row["name"], row["version"], row["variant"]), [0, 0, Histogram()])
+                build[0] += row["requests"]
+                build[1] += row["errors"]
+                build[2] = build[2].merge(_read_histogram(row))
+        return FleetSnapshot(
+            devices=dict(by_state),
+            classes=dict(classes),
+            desired_generations=dict(generations),
+            jobs=job_counts,
+            models=[
+                ModelWindowRow(name, version, variant, requests, errors, latency)
+                for (name, version, variant), (requests, errors, latency) in sorted(builds.items())
+            ],
+        )
 
     def health(self, fleet: str | None = None) -> list[HealthRow]:
         """Every device (of ``fleet``), revoked ones included, with its newest resource sample and its
@@ -342,24 +579,40 @@ class TelemetryStore:
 
 
 def _merge_minute(conn: Connection, values: dict[str, Any], histogram: Histogram) -> None:
+    _merge_row(conn, ModelMinute, _MINUTE_KEY, values, histogram)
+
+
+def _merge_row(
+    conn: Connection, table: Any, key: tuple[str, ...], values: dict[str, Any], histogram: Histogram
+) -> None:
+    """Insert the row of ``table`` (ModelMinute or ModelHour), or add it to the stored one with the same ``key``.
+
+    The stored row is locked before it is read; should a concurrent roll-up delete it between the
+    insert and the lock (a resend of a minute being rolled up), the insert is tried again.
+    """
     row = {
         **values,
         "latency_counts": list(histogram.counts),
         "latency_sum_ms": histogram.sum_ms,
         "latency_max_ms": histogram.max_ms,
     }
-    inserted = conn.execute(
-        queries.insert_values(conn, ModelMinute, row)
-        .on_conflict_do_nothing(index_elements=list(_MINUTE_KEY))
-        .returning(ModelMinute.requests)
-    ).first()
-    if inserted is not None:
-        return
-    where = and_(*(getattr(ModelMinute, column) == values[column] for column in _MINUTE_KEY))
-    current = conn.execute(select(ModelMinute).where(where).with_for_update()).mappings().one()
-    merged = _stored_histogram(current).merge(histogram)
+    where = and_(*(getattr(table, column) == values[column] for column in key))
+    for _attempt in range(3):
+        inserted = conn.execute(
+            queries.insert_values(conn, table, row)
+            .on_conflict_do_nothing(index_elements=list(key))
+            .returning(table.requests)
+        ).first()
+        if inserted is not None:
+            return
+        current = conn.execute(select(table).where(where).with_for_update()).mappings().one_or_none()
+        if current is not None:
+            break
+    else:  # pragma: no cover - needs three deletes racing one merge
+        raise RuntimeError(f"could not merge into {table.__tablename__}: the row kept disappearing")
+    merged = _read_histogram(current).merge(histogram)
     conn.execute(
-        sql_update(ModelMinute)
+        sql_update(table)
         .where(where)
         .values(
             task=values["task"] or current["task"],
@@ -376,7 +629,56 @@ def _merge_minute(conn: Connection, values: dict[str, Any], histogram: Histogram
     )
 
 
-def _stored_histogram(row: Any) -> Histogram:
+def _roll_up_batch(conn: Connection, cutoff: datetime, limit: int) -> tuple[int, int]:
+    """Merge up to ``limit`` model minutes before ``cutoff`` into their hour rows and delete them.
+
+    Returns (minutes rolled up, hour rows written). On PostgreSQL the minutes are locked (rows another
+    roll-up holds are skipped), so a concurrent batch for one of them waits and, once they are gone,
+    inserts a fresh minute that the next roll-up takes.
+    """
+    query = select(ModelMinute).where(ModelMinute.minute < cutoff).order_by(*_minute_columns()).limit(limit)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = list(conn.execute(query).mappings())
+    if not rows:
+        return 0, 0
+    hours: dict[tuple[Any, ...], tuple[dict[str, Any], Histogram]] = {}
+    for row in rows:
+        hour_key = (row["device_id"], floor_hour(row["minute"]), row["name"], row["version"], row["variant"])
+        histogram = _read_histogram(row)
+        if hour_key not in hours:
+            values = {column: row[column] for column in ("device_id", "name", "version", "variant", "task")}
+            values |= {column: row[column] for column in (*_SUMMED, "input_size_max")}
+            hours[hour_key] = ({**values, "hour": hour_key[1]}, histogram)
+            continue
+        values, merged = hours[hour_key]
+        for column in _SUMMED:
+            values[column] += row[column]
+        values["input_size_max"] = max(values["input_size_max"], row["input_size_max"])
+        values["task"] = row["task"] or values["task"]
+        hours[hour_key] = (values, merged.merge(histogram))
+    for values, histogram in hours.values():
+        _merge_row(conn, ModelHour, _HOUR_KEY, values, histogram)
+    conn.execute(
+        delete(ModelMinute).where(tuple_(*_minute_columns()).in_([tuple(row[c] for c in _MINUTE_KEY) for row in rows]))
+    )
+    return len(rows), len(hours)
+
+
+def _minute_columns() -> list[Any]:
+    return [getattr(ModelMinute, column) for column in _MINUTE_KEY]
+
+
+def _delete_older(conn: Connection, table: Any, column: Any, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` rows of ``table`` whose ``column`` is before ``cutoff``; returns how many."""
+    key = list(table.__table__.primary_key.columns)
+    oldest = select(*key).where(column < cutoff).order_by(column).limit(limit)
+    if len(key) == 1:
+        return conn.execute(delete(table).where(key[0].in_(oldest))).rowcount
+    return conn.execute(delete(table).where(tuple_(*key).in_(oldest))).rowcount
+
+
+def _read_histogram(row: Any) -> Histogram:
     return Histogram(counts=list(row["latency_counts"]), sum_ms=row["latency_sum_ms"], max_ms=row["latency_max_ms"])
 
 

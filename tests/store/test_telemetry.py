@@ -166,3 +166,189 @@ def test_concurrent_batches_for_one_minute_all_add_up(store: Store) -> None:
     assert row.requests == 16
     assert (row.latency.counts, row.latency.max_ms) == (expected.counts, expected.max_ms)
     assert row.latency.sum_ms == pytest.approx(expected.sum_ms)  # float addition order differs
+
+
+# --- retention: roll-ups into hours and age-based deletes ----------------------------------------------------
+
+DAY = timedelta(days=1)
+OLD = MINUTE - 10 * DAY  # older than the minute retention below, newer than the hour retention
+RETENTION = {
+    "minute_retention": 7 * DAY,
+    "hour_retention": 90 * DAY,
+    "event_retention": 7 * DAY,
+    "resource_retention": 7 * DAY,
+}
+ALL_TIME = OLD - DAY
+
+
+def _at(minute: telemetry_pb2.ModelMinute, at) -> telemetry_pb2.ModelMinute:
+    minute.minute.FromDatetime(at)
+    return minute
+
+
+def _old_batch(device_id: str, sequence: int, at, *minutes: telemetry_pb2.ModelMinute) -> telemetry_pb2.TelemetryBatch:
+    batch = telemetry_pb2.TelemetryBatch(device_id=device_id, boot_id="boot-old", sequence=sequence, minutes=minutes)
+    sample = batch.resources.add(cpu_percent=1.0, rss_bytes=1, memory_available_bytes=2, disk_free_bytes=3)
+    sample.at.FromDatetime(at)
+    event = batch.events.add(kind=common_pb2.LifecycleEvent.ACTIVATED, reason="old", generation=1)
+    event.at.FromDatetime(at)
+    return batch
+
+
+def _fill(store: Store) -> None:
+    """Two devices (two classes), old minutes over two hours and two variants, and recent minutes."""
+    device(store, "dev-1")
+    device(store, "dev-2")
+    store.set_device_class("dev-1", "jetson")
+    store.set_device_class("dev-2", "pi")
+    old_hour = OLD.replace(minute=0)
+    for i, offset in enumerate((0, 1, 59, 60, 61, 125)):
+        at = old_hour + timedelta(minutes=offset)
+        samples = [0.2 * (i + 1), 3.0 + i, 40.0 * (i + 1)]
+        store.ingest_batch(
+            "dev-1",
+            _old_batch(
+                "dev-1", i, at, _at(_minute(samples, errors=i % 2), at), _at(_minute(samples[:1], variant="fp32"), at)
+            ),
+            at,
+        )
+        store.ingest_batch("dev-2", _old_batch("dev-2", i, at, _at(_minute([7.0 * (i + 1)], version=4), at)), at)
+    store.ingest_batch("dev-1", _batch(1, _minute([1.0, 2.5])), T0)  # recent: stays per minute
+    store.ingest_batch("dev-2", _batch(1, _minute([9.0])), T0)
+
+
+def _view(rows) -> list[tuple]:
+    """What must survive a roll-up exactly (the float sums up to rounding)."""
+    return [
+        (
+            r.key,
+            r.requests,
+            r.errors,
+            r.low_confidence,
+            r.latency.counts,
+            r.latency.max_ms,
+            pytest.approx(r.latency.sum_ms),
+            pytest.approx(r.confidence_sum),
+            [r.latency.quantile(q) for q in (0.5, 0.95, 0.99)],
+        )
+        for r in rows
+    ]
+
+
+GROUPS_KEPT_BY_ROLLUP = ("", "variant", "version", "class", "device", "variant-class")
+
+
+def test_roll_up_merges_old_minutes_into_hours_exactly(store: Store) -> None:
+    _fill(store)
+    before = {by: _view(store.latency(since=ALL_TIME, by=by)) for by in GROUPS_KEPT_BY_ROLLUP}
+    recent = _view(store.latency(since=SINCE, by="variant"))
+    counts = store.roll_up(T0, **RETENTION, batch_rows=4)  # small batches: several transactions
+    # 6 minutes x 3 builds rolled; dev-1 has two builds in three hours, dev-2 one build in three hours.
+    assert counts["minutes"] == 18 and counts["hours"] >= 9  # an hour split over two batches is written twice
+    for by in GROUPS_KEPT_BY_ROLLUP:
+        assert _view(store.latency(since=ALL_TIME, by=by)) == before[by], by
+    assert _view(store.latency(since=SINCE, by="variant")) == recent  # recent minutes untouched
+    per_hour = {r.key["minute"] for r in store.latency(since=ALL_TIME, by="minute", device_id="dev-2")}
+    old_hour = OLD.replace(minute=0)
+    assert per_hour == {(old_hour + timedelta(hours=h)).isoformat() for h in range(3)} | {MINUTE.isoformat()}
+
+
+def test_roll_up_is_idempotent_and_later_minutes_add_to_the_hour(store: Store) -> None:
+    _fill(store)
+    store.roll_up(T0, **RETENTION)
+    after = _view(store.latency(since=ALL_TIME, by="variant"))
+    again = store.roll_up(T0, **RETENTION)
+    assert again == dict.fromkeys(again, 0)
+    assert _view(store.latency(since=ALL_TIME, by="variant")) == after
+    # A minute of an already rolled-up hour arriving late is merged into the same hour row next time.
+    late = OLD.replace(minute=30)
+    before = store.latency(since=ALL_TIME, device_id="dev-2")[0]
+    store.ingest_batch("dev-2", _old_batch("dev-2", 99, late, _at(_minute([123.0], version=4), late)), T0)
+    assert store.roll_up(T0, **RETENTION)["minutes"] == 1
+    [row] = store.latency(since=ALL_TIME, device_id="dev-2")
+    assert row.requests == before.requests + 1
+    assert row.latency.counts == before.latency.merge(_histogram(123.0)).counts
+
+
+def test_roll_up_deletes_what_is_old_and_keeps_what_is_recent(store: Store) -> None:
+    _fill(store)
+    counts = store.roll_up(T0, **RETENTION)
+    assert counts["events_deleted"] == 12 and counts["resources_deleted"] == 12
+    assert counts["batch_keys_deleted"] == 12 and counts["hours_deleted"] == 0
+    assert [e.reason for e in store.events(since=ALL_TIME, limit=100)] == ["ok", "ok"]  # the recent ones
+    assert {r.device.device_id: r.resources.at for r in store.health()} == {"dev-1": T0, "dev-2": T0}
+    assert store.ingest_batch("dev-1", _batch(1, _minute([1.0, 2.5])), T0) is True  # a recent key still de-dups
+    # Past the hour retention the hour rows go too; the recent minute is still there.
+    later = store.roll_up(T0 + 85 * DAY, **RETENTION)
+    assert later["hours_deleted"] == 9 and later["minutes"] == 2
+    assert store.latency(since=ALL_TIME, by="device")[0].requests == 2  # dev-1's recent minute, now an hour row
+    assert store.roll_up(T0 + 200 * DAY, **RETENTION)["hours_deleted"] == 2
+    assert store.latency(since=ALL_TIME) == []
+
+
+def test_latency_reads_across_the_roll_up_boundary(store: Store) -> None:
+    _fill(store)
+    whole = _view(store.latency(since=ALL_TIME, by="class"))
+    old_only = _view(store.latency(since=ALL_TIME, by="class", model="nlu", version=4))
+    store.roll_up(T0, **RETENTION)
+    assert _view(store.latency(since=ALL_TIME, by="class")) == whole
+    assert _view(store.latency(since=ALL_TIME, by="class", model="nlu", version=4)) == old_only
+    # A range starting inside a rolled-up hour counts that hour whole.
+    [inside] = store.latency(since=OLD.replace(minute=0) + timedelta(hours=2, minutes=30), version=4)
+    assert (inside.requests, inside.latency.max_ms) == (1, 42.0)  # dev-2's hour of the 125th minute, whole
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"minute_retention": timedelta(0)}, "minute_retention must be positive"),
+        ({"hour_retention": DAY}, "shorter than minute_retention"),
+        ({"batch_rows": 0}, "batch_rows"),
+    ],
+)
+def test_roll_up_refuses_bad_retentions(store: Store, change, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.roll_up(T0, **{**RETENTION, **change})
+
+
+# --- fleet snapshot and ingest counters (the metrics endpoint's inputs) --------------------------------------
+
+
+def test_fleet_snapshot_counts_devices_jobs_and_recent_models(store: Store) -> None:
+    _fill(store)
+    device(store, "dev-3", fleet="other")
+    store.mark_connected("dev-1", "boot-1", T0)
+    store.touch_last_seen({"dev-1": T0})
+    store.mark_connected("dev-3", "boot-1", T0 - DAY)
+    store.revoke_device("dev-2", "stolen", T0)
+    store.create_jobs(
+        [
+            {
+                "job_id": "job-1",
+                "device_id": "dev-1",
+                "name": "nlu",
+                "version": 3,
+                "variant": "int8",
+                "manifest_sha256": "ab" * 32,
+                "device_class": "jetson",
+                "deadline": T0 + DAY,
+            }
+        ],
+        T0,
+    )
+    snapshot = store.fleet_snapshot(T0, online_since=T0 - timedelta(seconds=30), window=timedelta(minutes=5))
+    assert snapshot.devices == {("lab", "online"): 1, ("lab", "revoked"): 1, ("other", "offline"): 1}
+    assert snapshot.classes == {"jetson": 1, "": 1}
+    assert snapshot.jobs == {"pending": 1}
+    assert set(snapshot.desired_generations) == {"lab", "other"}
+    by_build = {(m.name, m.version, m.variant): (m.requests, m.latency.count) for m in snapshot.models}
+    assert by_build == {("nlu", 3, "int8"): (3, 3)}  # the recent minutes only
+
+
+def test_ingest_counts_stored_duplicate_and_refused_batches(store: Store) -> None:
+    device(store, "dev-1")
+    store.ingest_batch("dev-1", _batch(1, _minute([1.0])), T0)
+    store.ingest_batch("dev-1", _batch(1, _minute([1.0])), T0)
+    with pytest.raises(NotFound):
+        store.ingest_batch("ghost", _batch(2), T0)
+    assert store.ingest_counts() == {"stored": 1, "duplicate": 1, "refused": 1}

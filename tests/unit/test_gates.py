@@ -199,3 +199,16 @@ def test_every_verdict_is_explained_and_consistent(canary: CohortStats, control:
         assert v.verdict == on
     elif canary.requests < t.min_requests or canary.devices < t.min_devices:
         assert v.verdict == "wait"
+
+
+def test_a_sub_millisecond_p95_ratio_within_the_slack_is_noise_not_a_regression() -> None:
+    from controlplane.gates import CohortStats, Thresholds, evaluate
+
+    control = CohortStats(devices=2, requests=500, latency_p95_ms=0.02)
+    noisy = CohortStats(devices=1, requests=500, latency_p95_ms=0.06)  # 3x, but 0.04 ms slower
+    verdict = evaluate(noisy, control, Thresholds())
+    assert verdict.verdict == "advance", verdict.reasons
+    assert any("slack" in r for r in verdict.reasons)
+    slow = CohortStats(devices=1, requests=500, latency_p95_ms=20.0)
+    assert evaluate(slow, control, Thresholds()).verdict == "rollback"
+    assert evaluate(noisy, control, Thresholds(latency_slack_ms=0.0)).verdict == "rollback"

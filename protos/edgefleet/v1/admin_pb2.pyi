@@ -511,7 +511,7 @@ class DeployResponse(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[DeviceAssignment, _Mapping]]] = ...) -> None: ...
 
 class GateThresholds(_message.Message):
-    __slots__ = ("max_install_failure_rate", "max_error_rate", "max_latency_p95_ratio", "max_confidence_drop", "max_low_confidence_rate", "max_crashes", "max_rollbacks", "min_requests", "min_devices")
+    __slots__ = ("max_install_failure_rate", "max_error_rate", "max_latency_p95_ratio", "max_confidence_drop", "max_low_confidence_rate", "max_crashes", "max_rollbacks", "min_requests", "min_devices", "max_error_rate_increase", "max_low_confidence_rate_increase", "on_breach")
     MAX_INSTALL_FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_LATENCY_P95_RATIO_FIELD_NUMBER: _ClassVar[int]
@@ -521,6 +521,9 @@ class GateThresholds(_message.Message):
     MAX_ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MIN_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LOW_CONFIDENCE_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    ON_BREACH_FIELD_NUMBER: _ClassVar[int]
     max_install_failure_rate: float
     max_error_rate: float
     max_latency_p95_ratio: float
@@ -530,10 +533,13 @@ class GateThresholds(_message.Message):
     max_rollbacks: int
     min_requests: int
     min_devices: int
-    def __init__(self, max_install_failure_rate: _Optional[float] = ..., max_error_rate: _Optional[float] = ..., max_latency_p95_ratio: _Optional[float] = ..., max_confidence_drop: _Optional[float] = ..., max_low_confidence_rate: _Optional[float] = ..., max_crashes: _Optional[int] = ..., max_rollbacks: _Optional[int] = ..., min_requests: _Optional[int] = ..., min_devices: _Optional[int] = ...) -> None: ...
+    max_error_rate_increase: float
+    max_low_confidence_rate_increase: float
+    on_breach: str
+    def __init__(self, max_install_failure_rate: _Optional[float] = ..., max_error_rate: _Optional[float] = ..., max_latency_p95_ratio: _Optional[float] = ..., max_confidence_drop: _Optional[float] = ..., max_low_confidence_rate: _Optional[float] = ..., max_crashes: _Optional[int] = ..., max_rollbacks: _Optional[int] = ..., min_requests: _Optional[int] = ..., min_devices: _Optional[int] = ..., max_error_rate_increase: _Optional[float] = ..., max_low_confidence_rate_increase: _Optional[float] = ..., on_breach: _Optional[str] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("name", "version", "fleet", "selector", "waves_percent", "bake_seconds", "max_parallel", "gates")
+    __slots__ = ("name", "version", "fleet", "selector", "waves_percent", "bake_seconds", "max_parallel", "gates", "step_timeout_seconds")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -549,6 +555,7 @@ class StartRolloutRequest(_message.Message):
     BAKE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     GATES_FIELD_NUMBER: _ClassVar[int]
+    STEP_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     fleet: str
@@ -557,7 +564,8 @@ class StartRolloutRequest(_message.Message):
     bake_seconds: int
     max_parallel: int
     gates: GateThresholds
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., fleet: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves_percent: _Optional[_Iterable[int]] = ..., bake_seconds: _Optional[int] = ..., max_parallel: _Optional[int] = ..., gates: _Optional[_Union[GateThresholds, _Mapping]] = ...) -> None: ...
+    step_timeout_seconds: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., fleet: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves_percent: _Optional[_Iterable[int]] = ..., bake_seconds: _Optional[int] = ..., max_parallel: _Optional[int] = ..., gates: _Optional[_Union[GateThresholds, _Mapping]] = ..., step_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class GateDecision(_message.Message):
     __slots__ = ("wave", "verdict", "at", "canary", "control", "reasons")
@@ -608,7 +616,14 @@ class WaveProgress(_message.Message):
     def __init__(self, wave: _Optional[int] = ..., percent: _Optional[int] = ..., device_class: _Optional[str] = ..., targeted: _Optional[int] = ..., updated: _Optional[int] = ..., failed: _Optional[int] = ..., pending: _Optional[int] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("rollout_id", "model", "fleet", "state", "current_wave", "waves_percent", "progress", "decisions", "created_at", "updated_at", "reason")
+    __slots__ = ("rollout_id", "model", "fleet", "state", "current_wave", "waves_percent", "progress", "decisions", "created_at", "updated_at", "reason", "selector", "bake_seconds", "max_parallel")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FLEET_FIELD_NUMBER: _ClassVar[int]
@@ -620,6 +635,9 @@ class Rollout(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    BAKE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     model: _common_pb2.ModelRef
     fleet: str
@@ -631,7 +649,10 @@ class Rollout(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., fleet: _Optional[str] = ..., state: _Optional[str] = ..., current_wave: _Optional[int] = ..., waves_percent: _Optional[_Iterable[int]] = ..., progress: _Optional[_Iterable[_Union[WaveProgress, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[GateDecision, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    selector: _containers.ScalarMap[str, str]
+    bake_seconds: int
+    max_parallel: int
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., fleet: _Optional[str] = ..., state: _Optional[str] = ..., current_wave: _Optional[int] = ..., waves_percent: _Optional[_Iterable[int]] = ..., progress: _Optional[_Iterable[_Union[WaveProgress, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[GateDecision, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., bake_seconds: _Optional[int] = ..., max_parallel: _Optional[int] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("fleet", "active_only")
