@@ -202,7 +202,7 @@ def list_row(r: admin_pb2.Rollout) -> list[str]:
 
 
 LIST_COLUMNS = ["ID", "MODEL", "FLEET", "STATE", "WAVE", "UPDATED/TARGETED", "UPDATED AT"]
-PROGRESS_COLUMNS = ["WAVE", "%", "CLASS", "TARGETED", "UPDATED", "FAILED", "PENDING"]
+PROGRESS_COLUMNS = ["WAVE", "%", "CLASS", "TARGETED", "UPDATED", "FAILED", "PENDING", "REVERTED"]
 DECISION_COLUMNS = ["AT", "WAVE", "VERDICT", "REASONS"]
 
 
@@ -234,6 +234,7 @@ def progress_rows(r: admin_pb2.Rollout) -> list[list[str]]:
             str(p.updated),
             str(p.failed),
             str(p.pending),
+            str(p.reverted),
         ]
         for p in ordered
     ]

@@ -189,7 +189,11 @@ class RolloutService:
 
     async def message(self, state: rollout.RolloutState) -> admin_pb2.Rollout:
         selector = await self.s.db(self.s.store.get_setting, f"rollout:{state.spec.rollout_id}:selector")
-        return rollout_message(state, _parse_selector(selector or ""))
+        message = rollout_message(state, _parse_selector(selector or ""))
+        row = await self.s.db(self.s.store.get_rollout, state.spec.rollout_id)
+        if row is not None:
+            message.created_at.CopyFrom(timestamp(row.created_at))
+        return message
 
     # --- the controller loop -----------------------------------------------------------------------
 
@@ -496,6 +500,7 @@ def rollout_message(state: rollout.RolloutState, selector: Mapping[str, str]) ->
     for record in state.devices:
         cells.setdefault((record.wave, record.device_class), []).append(record)
     done = (rollout.DeviceStatus.INSTALLED,)
+    finished = (rollout.DeviceStatus.FAILED, rollout.DeviceStatus.REVERTED)
     for (wave, device_class), records in sorted(cells.items()):
         message.progress.append(
             admin_pb2.WaveProgress(
@@ -505,7 +510,8 @@ def rollout_message(state: rollout.RolloutState, selector: Mapping[str, str]) ->
                 targeted=len(records),
                 updated=sum(1 for r in records if r.status in done),
                 failed=sum(1 for r in records if r.status is rollout.DeviceStatus.FAILED),
-                pending=sum(1 for r in records if r.status not in (*done, rollout.DeviceStatus.FAILED)),
+                pending=sum(1 for r in records if r.status not in (*done, *finished)),
+                reverted=sum(1 for r in records if r.status is rollout.DeviceStatus.REVERTED),
             )
         )
     for decision in state.decisions:

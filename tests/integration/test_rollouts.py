@@ -204,6 +204,7 @@ def test_a_regression_is_stopped_in_the_first_wave_and_rolled_back(cp, agents, t
     assert verdict.wave == 0 and any("p95 latency" in r for r in verdict.reasons), list(verdict.reasons)
     wave_one = {d for d, g in _generations(cp, dirs).items() if g != before[d]}
     assert len(wave_one) == 3  # one canary per class, updated then reverted
+    assert sum(p.reverted for p in done.progress) == 3 and sum(p.updated for p in done.progress) == 0
     outside = set(dirs) - wave_one
     assert all(_generations(cp, outside)[d] == before[d] for d in outside)  # never saw v3
     for device_id, data_dir in dirs.items():

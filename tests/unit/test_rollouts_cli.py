@@ -193,9 +193,9 @@ def test_list_row_sums_progress():
 
 def test_progress_rows_in_wave_then_class_order():
     assert rollouts.progress_rows(sample()) == [
-        ["1", "1%", "pi", "1", "1", "0", "0"],
-        ["1", "1%", "x86", "1", "1", "0", "0"],
-        ["2", "10%", "pi", "4", "2", "1", "1"],
+        ["1", "1%", "pi", "1", "1", "0", "0", "0"],
+        ["1", "1%", "x86", "1", "1", "0", "0", "0"],
+        ["2", "10%", "pi", "4", "2", "1", "1", "0"],
     ]
 
 

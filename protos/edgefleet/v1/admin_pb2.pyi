@@ -598,7 +598,7 @@ class GateDecision(_message.Message):
     def __init__(self, wave: _Optional[int] = ..., verdict: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canary: _Optional[_Mapping[str, float]] = ..., control: _Optional[_Mapping[str, float]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WaveProgress(_message.Message):
-    __slots__ = ("wave", "percent", "device_class", "targeted", "updated", "failed", "pending")
+    __slots__ = ("wave", "percent", "device_class", "targeted", "updated", "failed", "pending", "reverted")
     WAVE_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_CLASS_FIELD_NUMBER: _ClassVar[int]
@@ -606,6 +606,7 @@ class WaveProgress(_message.Message):
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    REVERTED_FIELD_NUMBER: _ClassVar[int]
     wave: int
     percent: int
     device_class: str
@@ -613,7 +614,8 @@ class WaveProgress(_message.Message):
     updated: int
     failed: int
     pending: int
-    def __init__(self, wave: _Optional[int] = ..., percent: _Optional[int] = ..., device_class: _Optional[str] = ..., targeted: _Optional[int] = ..., updated: _Optional[int] = ..., failed: _Optional[int] = ..., pending: _Optional[int] = ...) -> None: ...
+    reverted: int
+    def __init__(self, wave: _Optional[int] = ..., percent: _Optional[int] = ..., device_class: _Optional[str] = ..., targeted: _Optional[int] = ..., updated: _Optional[int] = ..., failed: _Optional[int] = ..., pending: _Optional[int] = ..., reverted: _Optional[int] = ...) -> None: ...
 
 class Rollout(_message.Message):
     __slots__ = ("rollout_id", "model", "fleet", "state", "current_wave", "waves_percent", "progress", "decisions", "created_at", "updated_at", "reason", "selector", "bake_seconds", "max_parallel")
