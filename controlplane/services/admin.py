@@ -362,12 +362,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         check_name("model name", request.name)
         if request.version > MAX_VERSION:
             raise InvalidRequest(f"version must be at most {MAX_VERSION}")
-        rows = await self.s.db(self.s.store.get_builds, request.name, request.version or None)
-        if not rows:
-            latest = await self.s.db(self.s.store.latest_version, request.name)
-            if latest is None:
-                raise NotFoundError(f"model {request.name!r} has no published builds")
-            raise NotFoundError(f"model {request.name!r} has no version {request.version} (the latest is {latest})")
+        rows = await evidence.version_builds(self.s, request.name, request.version)
         return admin_pb2.GetModelResponse(builds=[_model_build(r, with_manifest=True) for r in rows])
 
     # --- device classes ---
@@ -554,21 +549,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return chosen, why, refused
 
     async def _resolve_build(self, name: str, version: int, variant: str):
-        """The build NAME:VERSION[:VARIANT] names (version 0: the latest). Raises NotFoundError or InvalidRequest."""
-        s = self.s
-        rows = await s.db(s.store.get_builds, name, version or None)
-        if not rows:
-            latest = await s.db(s.store.latest_version, name)
-            if latest is None:
-                raise NotFoundError(f"model {name!r} has no published builds")
-            raise NotFoundError(f"model {name!r} has no version {version} (the latest is {latest})")
-        if not variant:
-            if len(rows) == 1:
-                return rows[0]
-            variants = ", ".join(r.variant for r in rows)
-            raise InvalidRequest(
-                f"model {name}:{rows[0].version} has variants {variants}: name one (NAME:VERSION:VARIANT)"
-            )
+        """The build NAME:VERSION:VARIANT names (version 0: the latest). Raises NotFoundError."""
+        rows = await evidence.version_builds(self.s, name, version)
         for row in rows:
             if row.variant == variant:
                 return row
