@@ -268,6 +268,8 @@ class RolloutService:
             for device in await s.db(s.store.list_devices, spec.fleet):
                 if device.device_id in known or device.revoked_at is not None or not matches(device, selector):
                     continue
+                if device.device_class is None:
+                    continue  # not classified yet (no facts reported): it joins the rollout once it is
                 task = await self._task(spec)
                 events.append(
                     rollout.DeviceJoined(

@@ -358,3 +358,29 @@ class _ProcessCp:
         stub, meta, channel = self.admin()
         with channel:
             return stub.GetDevice(admin_pb2.GetDeviceRequest(device_id=device_id), metadata=meta, timeout=10)
+
+
+def test_a_device_that_joins_during_a_rollout_gets_the_current_waves_version(cp, agents, tmp_path):
+    key = register_key(cp, tmp_path)
+    publish(cp, key, tmp_path, version=1, scale=2.0)
+    publish(cp, key, tmp_path, version=2, scale=3.0)
+    dirs = _fleet(cp, agents, tmp_path, key, per_class=1)
+    _on_v1(cp, dirs)
+    started = _start(cp, 2, waves_percent=[50, 100], bake=3600)  # stays in its first wave
+    wait_for(lambda: _get(cp, started.rollout_id).state == "baking", timeout=90, what="wave 1 baking")
+
+    agents(
+        "late-1",
+        "--config",
+        str(tmp_path / "agent.toml"),
+        "--labels",
+        "tier=a",
+        "--trust",
+        f"{key}.pub",
+        join=cp.join_string(),
+        device_id="late-1",
+    )
+    wait_for(lambda: _serving(tmp_path / "late-1") == 2, timeout=90, what="the late device serving v2")
+    rollout = _get(cp, started.rollout_id)
+    assert sum(p.targeted for p in rollout.progress) == 4
+    assert any(p.wave == 0 and p.device_class == "tier-a" and p.targeted == 2 for p in rollout.progress)
