@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast lint protos demo demo-stop bench bench-session bench-selection models clean
+.PHONY: venv test test-fast lint protos demo demo-stop bench bench-session bench-selection bench-rollout models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,10 @@ lint: venv
 protos: venv        ## regenerate protos/edgefleet/v1/*_pb2*.py from the .proto files
 	$(PY) scripts/gen_protos.py
 
-demo: venv          ## control plane + three agents in three device classes, on embedded defaults
-	bash scripts/demo.sh start
+demo: venv          ## control plane + six agents in three classes: benchmarks, traffic, a rollout in waves (DEMO_FAST=1: CI)
+	DEMO_FAST=$(DEMO_FAST) bash scripts/demo.sh start
 
-demo-stop:
+demo-stop:          ## end the demo's control plane, agents and traffic
 	bash scripts/demo.sh stop
 
 bench-session: venv ## 200 agents heartbeating for 60 s against one control plane
@@ -42,11 +42,15 @@ bench-session: venv ## 200 agents heartbeating for 60 s against one control plan
 bench-selection: venv ## chosen variant per simulated device class vs always-fp32 / always-int8-dynamic
 	$(PY) scripts/bench/selection.py
 
+bench-rollout: venv ## 500 agents: waves 1,10,50,100 of a good version, then a regression rolled back
+	$(PY) scripts/bench/rollout.py
+
 bench: venv         ## every benchmark under scripts/bench/
 	$(PY) scripts/bench/session.py
 	$(PY) scripts/bench/serving.py
 	$(PY) scripts/bench/artifact.py
 	$(PY) scripts/bench/selection.py
+	$(PY) scripts/bench/rollout.py
 
 models: venv        ## rebuild every model bundle from the vendored data (CPU torch, build extra)
 	# torch first, pinned: it takes the local CPU wheel, so nothing pulls a CUDA build.

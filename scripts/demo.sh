@@ -1,49 +1,79 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: a control plane (SQLite, local files) and three agents in three
-# device classes (deploy/classes.demo.yaml), in the background, then the fleet as the operator sees it:
-# the evidence the devices measured, the variant each class gets and why, and the devices serving it.
-# `scripts/demo.sh stop` ends them all.
+# The main job on embedded defaults: a control plane (SQLite, local files) and six agents, two in each of
+# three device classes (deploy/classes.demo.yaml), in the background. The devices benchmark every variant
+# of the committed models, each class gets the variant its policy picks from that evidence, apps on every
+# device send texts and recordings through the local inference APIs, and a second version of the NLU
+# model rolls out in waves behind health gates. It ends with a fleet summary and leaves everything running.
+#
+#   scripts/demo.sh start     (DEMO_FAST=1: fewer benchmark runs, shorter bake, less traffic; for CI)
+#   scripts/demo.sh stop      ends the control plane, the agents and the traffic
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DEMO=${EDGEFLEET_DEMO_DIR:-$ROOT/.edgefleet/demo}
 EF="$ROOT/.venv/bin/edgefleet"
 PY="$ROOT/.venv/bin/python"
+FLEET_PY="$ROOT/scripts/demo/fleet.py"
 SERVER_DIR=$DEMO/server
 CLASSES=$ROOT/deploy/classes.demo.yaml
 API_PORT=${EDGEFLEET_DEMO_API_PORT:-7443}
 DEVICE_PORT=${EDGEFLEET_DEMO_DEVICE_PORT:-7444}
+FLEET=demo
+NLU=snips-nlu-student
+NEW_VERSION=2   # the rollout's version: the committed NLU builds (version 1) re-versioned
 
-# Three devices on one machine. Each limits itself to look like its class: threads per model
-# session, CPUs it may run on, memory a model may use, and (for the sensor) simulated CPU flags;
+if [ "${DEMO_FAST:-0}" = 1 ]; then
+  BENCHMARK_RUNS=10 BAKE=3s MIN_REQUESTS=30 RATE=2
+else
+  BENCHMARK_RUNS=50 BAKE=10s MIN_REQUESTS=40 RATE=2
+fi
+
+# Six devices on one machine, two per class. Each limits itself to look like its class: threads per
+# model session, CPUs it may run on, memory a model may use, and (for the sensors) simulated CPU flags;
 # `edgefleet devices show ID` marks overridden facts as simulated.
-DEVICES=(demo-gw-1 demo-vehicle-1 demo-sensor-1)
-declare -A DIRS=([demo-gw-1]=agent-1 [demo-vehicle-1]=agent-2 [demo-sensor-1]=agent-3)
+DEVICES=(demo-gw-1 demo-vehicle-1 demo-sensor-1 demo-gw-2 demo-vehicle-2 demo-sensor-2)
+declare -A DIRS=(
+  [demo-gw-1]=agent-1 [demo-vehicle-1]=agent-2 [demo-sensor-1]=agent-3
+  [demo-gw-2]=agent-4 [demo-vehicle-2]=agent-5 [demo-sensor-2]=agent-6
+)
+GW="--labels tier=gateway --onnx-threads 2"
+VEHICLE="--labels tier=vehicle --onnx-threads 1 --cpu-affinity 0 --memory-budget 512MiB"
+SENSOR="--labels tier=sensor --onnx-threads 1 --cpu-affinity 1 --memory-budget 64MiB"
 declare -A OPTS=(
-  [demo-gw-1]="--labels tier=gateway --onnx-threads 2"
-  [demo-vehicle-1]="--labels tier=vehicle --onnx-threads 1 --cpu-affinity 0 --memory-budget 512MiB"
-  [demo-sensor-1]="--labels tier=sensor --onnx-threads 1 --cpu-affinity 1 --memory-budget 64MiB"
+  [demo-gw-1]=$GW [demo-vehicle-1]=$VEHICLE [demo-sensor-1]=$SENSOR
+  [demo-gw-2]=$GW [demo-vehicle-2]=$VEHICLE [demo-sensor-2]=$SENSOR
 )
 SENSOR_FACTS='{"cpu_flags": ["sse4_1", "sse4_2", "avx"]}'  # an older CPU: no AVX2, FMA or F16C
 GW_DIR=$DEMO/agent-1
+SENSOR_DIR=$DEMO/agent-3
+AGENT_DIRS=()
+for device in "${DEVICES[@]}"; do AGENT_DIRS+=("$DEMO/${DIRS[$device]}"); done
 
-stop_pid() {
-  local file=$1
-  [ -f "$file" ] || return 0
-  local pid
-  pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-  fi
-  rm -f "$file"
+# stop_pids PIDFILE...: SIGTERM the processes the files name, all at once; SIGKILL what is left after 10 s.
+stop_pids() {
+  local file pid alive pids=()
+  for file in "$@"; do
+    [ -f "$file" ] || continue
+    pid=$(cat "$file")
+    kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+  done
+  for _ in $(seq 1 100); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"; done
+  rm -f "$@"
 }
 
+# The traffic first (its devices are going away), then the agents (they say goodbye to the control plane).
 stop_all() {
-  local device
-  for device in "${DEVICES[@]}"; do stop_pid "$DEMO/${DIRS[$device]}.pid"; done
-  stop_pid "$DEMO/server.pid"
+  local device agents=()
+  for device in "${DEVICES[@]}"; do agents+=("$DEMO/${DIRS[$device]}.pid"); done
+  stop_pids "$DEMO/traffic.pid"
+  stop_pids "${agents[@]}"
+  stop_pids "$DEMO/server.pid"
 }
 
 stop() {
@@ -64,60 +94,23 @@ wait_until() {
   done
 }
 
-devices_online() {
-  "$EF" devices list --fleet demo --json | "$PY" -c '
-import json, sys
-want = set(sys.argv[1:])
-online = {d["device_id"] for d in json.load(sys.stdin) if d.get("online")}
-sys.exit(0 if want <= online else 1)' "${DEVICES[@]}"
-}
+fleet() { "$PY" "$FLEET_PY" "$@"; }
 
-# Every class that holds a demo device has a benchmark cell for every variant of MODEL:1.
-evidence_complete() {
-  local model=$1
-  local variants classes
-  variants=$(committed_variants "$model")
-  classes=$("$EF" devices list --fleet demo --json | "$PY" -c '
-import json, sys
-print(" ".join(sorted({d["device_class"] for d in json.load(sys.stdin)})))')
-  "$EF" models evidence "$model:1" --json | "$PY" -c '
-import json, sys
-variants, classes = sys.argv[1].split(), sys.argv[2].split()
-have = {(c["variant"], c["device_class"]) for c in json.load(sys.stdin).get("cells", []) if c.get("source") == "benchmark"}
-sys.exit(0 if all((v, k) in have for v in variants for k in classes) else 1)' "$variants" "$classes"
-}
-
-# The variants of MODEL among the committed builds.
-committed_variants() {
-  "$PY" -c '
-import json, pathlib, sys
-print(" ".join(sorted(m["variant"] for p in pathlib.Path(sys.argv[1]).glob("models/*/*/manifest.json")
-                      if (m := json.loads(p.read_text())).get("name") == sys.argv[2])))' "$ROOT" "$1"
-}
-
-# Every demo device has committed its latest desired generation and serves three models locally.
-serving() {
-  "$EF" devices list --fleet demo --json | "$PY" -c '
-import json, sys
-devices = {d["device_id"]: d for d in json.load(sys.stdin)}
-ok = all(
-    (d := devices.get(name)) and d.get("status", {}).get("phase") == "COMMITTED"
-    and d["status"].get("generation") == d.get("desired_generation")
-    for name in sys.argv[1:]
-)
-sys.exit(0 if ok else 1)' "${DEVICES[@]}" || return 1
-  local device
-  for device in "${DEVICES[@]}"; do
-    [ "$("$EF" infer status --data-dir "$DEMO/${DIRS[$device]}" | grep -c 'active ')" = 3 ] || return 1
-  done
+# Echo an edgefleet command line (as the operator would type it), then run it.
+run() {
+  echo "\$ edgefleet $*"
+  "$EF" "$@"
 }
 
 start() {
   mkdir -p "$DEMO"
   stop_all
-  rm -f "$DEMO/ready"
+  rm -f "$DEMO/ready" "$DEMO/traffic.json"
+  # Rollout controllers check every second, and a gate short of traffic measures again after 2 s
+  # (defaults: 2 s and 60 s); benchmark jobs time BENCHMARK_RUNS inferences per variant.
   "$EF" server --data-dir "$SERVER_DIR" --listen 127.0.0.1 --advertise 127.0.0.1 \
     --api-port "$API_PORT" --device-port "$DEVICE_PORT" --ready-file "$DEMO/ready" \
+    --benchmark-runs "$BENCHMARK_RUNS" --rollout-tick-seconds 1 --rollout-remeasure-seconds 2 \
     >>"$DEMO/server.log" 2>&1 &
   echo $! >"$DEMO/server.pid"
   wait_until "the control plane" 30 test -s "$DEMO/ready"
@@ -132,60 +125,119 @@ start() {
   # Device classes: which devices are alike, and the policy that picks a variant for them.
   "$EF" classes apply "$CLASSES" >/dev/null
 
-  # Three agents; each needs its own join string (single use) the first time, then keeps its identity.
+  # Agents send telemetry every second, the minute in progress included, so a rollout's gate sees a
+  # wave's traffic within a second or two (docs/DEVICE.md, agent.toml).
+  cat >"$DEMO/agent.toml" <<'TOML'
+telemetry_flush_seconds = 1
+telemetry_partial_minutes = true
+TOML
+
+  # Six agents; each needs its own join string (single use) the first time, then keeps its identity.
   local device dir join extra
   for device in "${DEVICES[@]}"; do
     dir=$DEMO/${DIRS[$device]}
     join=""
     if [ ! -d "$dir/identity" ]; then
-      join=$("$EF" tokens create --fleet demo --labels site=lab --ttl 15m 2>/dev/null)
+      join=$("$EF" tokens create --fleet "$FLEET" --labels site=lab --ttl 15m 2>/dev/null)
     fi
     extra=()
-    [ "$device" = demo-sensor-1 ] && extra=(--simulate-facts "$SENSOR_FACTS")
+    case "$device" in demo-sensor-*) extra=(--simulate-facts "$SENSOR_FACTS") ;; esac
     # shellcheck disable=SC2086  # OPTS holds several options
-    "$EF" agent --data-dir "$dir" --device-id "$device" ${join:+--join "$join"} ${OPTS[$device]} "${extra[@]}" \
-      --trust "$DEMO/publisher.key.pub" >>"$DEMO/${DIRS[$device]}.log" 2>&1 &
+    "$EF" agent --config "$DEMO/agent.toml" --data-dir "$dir" --device-id "$device" ${join:+--join "$join"} \
+      ${OPTS[$device]} "${extra[@]}" --trust "$DEMO/publisher.key.pub" >>"$DEMO/${DIRS[$device]}.log" 2>&1 &
     echo $! >"$DEMO/${DIRS[$device]}.pid"
   done
-  wait_until "the three agents to come online" 60 devices_online
+  wait_until "the six agents to come online" 90 fleet online "$FLEET" "${#DEVICES[@]}"
 
-  # Ship the committed model builds: sign and upload. A version with two or more variants makes the
-  # control plane send benchmark jobs to a sample device of each class: it downloads each variant,
-  # runs the acceptance test and a latency benchmark without activating it, and reports.
+  # Ship the committed model builds (version 1): sign and upload. And version 2 of the NLU model, for
+  # the rollout: the same builds re-versioned (a new release of a model is a new version; its files
+  # may well be the same). A version with two or more variants makes the control plane send
+  # benchmark jobs to a sample device of each class: it downloads each variant, runs the acceptance
+  # test and a latency benchmark without activating it, and reports.
   for bundle in "$ROOT"/models/*/*/; do
     "$EF" models push "$bundle" --key "$DEMO/publisher.key" >/dev/null
   done
-  "$EF" models list
-  echo "waiting for the devices' benchmarks (each class, every variant) ..."
-  wait_until "the evidence of fsdd-digits" 120 evidence_complete fsdd-digits
-  wait_until "the evidence of snips-nlu-student" 60 evidence_complete snips-nlu-student
+  for bundle in "$ROOT"/models/text-nlu/snips-student-*/; do
+    fleet reversion "$bundle" "$DEMO/bundles/$(basename "$bundle")-v$NEW_VERSION" "$NEW_VERSION"
+    "$EF" models push "$DEMO/bundles/$(basename "$bundle")-v$NEW_VERSION" --key "$DEMO/publisher.key" >/dev/null
+  done
+  run models list
+  echo "waiting for the devices' benchmarks (a sample device of each class, every variant) ..."
+  wait_until "the evidence of fsdd-digits:1" 180 fleet evidence fsdd-digits:1 "$FLEET"
+  wait_until "the evidence of $NLU:1" 120 fleet evidence "$NLU:1" "$FLEET"
+  wait_until "the evidence of $NLU:$NEW_VERSION" 120 fleet evidence "$NLU:$NEW_VERSION" "$FLEET"
 
   echo "device classes (from deploy/classes.demo.yaml; first match wins):"
-  "$EF" classes list
-  "$EF" devices list
+  run classes list
+  run devices list --fleet "$FLEET"
   echo "evidence: each variant benchmarked on a device of each class (nothing activated yet):"
-  "$EF" models evidence fsdd-digits:1
+  run models evidence fsdd-digits:1
   echo "why class vehicle-1core gets the variant it gets:"
-  "$EF" models explain fsdd-digits:1 --class vehicle-1core
+  run models explain fsdd-digits:1 --class vehicle-1core
 
-  # Deploy: the VAD has one variant; the others name none, so each device gets its class's choice.
-  echo "deploy to the fleet; fsdd-digits and snips-nlu-student without a variant:"
-  "$EF" deploy silero-vad:1:fp32 --fleet demo
-  "$EF" deploy fsdd-digits:1 --fleet demo
-  "$EF" deploy snips-nlu-student:1 --fleet demo
-  wait_until "the devices to serve their models" 60 serving
+  # Deploy version 1: the VAD has one variant; the others name none, so each device gets its class's
+  # choice. A fleet that already runs the NLU model's version 2 (a second `make demo`) keeps it.
+  local plan rollout
+  plan=$(fleet rollout-plan "$NLU:$NEW_VERSION" "$FLEET")
+  echo "deploy version 1 to the fleet; fsdd-digits and $NLU without a variant:"
+  run deploy silero-vad:1:fp32 --fleet "$FLEET"
+  run deploy fsdd-digits:1 --fleet "$FLEET"
+  if [ "$plan" = start ]; then
+    run deploy "$NLU:1" --fleet "$FLEET"
+  else
+    echo "($NLU: the fleet already has version $NEW_VERSION's rollout, ${plan#* }; not deployed again)"
+  fi
+  wait_until "the devices to serve their models" 120 fleet serving "$FLEET" "${AGENT_DIRS[@]}"
 
-  for device in "${DEVICES[@]}"; do
-    echo "$device:"
-    "$EF" infer status --data-dir "$DEMO/${DIRS[$device]}"
-  done
+  # Apps on every device: texts and recordings through the local APIs, from now on until `stop`.
+  "$PY" "$ROOT/scripts/demo/traffic.py" --rate "$RATE" --audio-every 2 --stats "$DEMO/traffic.json" \
+    "${AGENT_DIRS[@]}" >>"$DEMO/traffic.log" 2>&1 &
+  echo $! >"$DEMO/traffic.pid"
+  echo "traffic: every device gets $RATE texts and $(awk "BEGIN {print $RATE / 2}") recordings a second" \
+    "through its local API (scripts/demo/traffic.py, pid $(cat "$DEMO/traffic.pid"))"
+
+  # Roll version 2 out in waves, each of them a share of every class, behind health gates that compare
+  # the wave's devices (canary) with the rest (control) on the traffic above.
+  case "$plan" in
+    start)
+      echo "roll out $NLU:$NEW_VERSION in waves:"
+      # Six agents, a traffic driver and the control plane share this machine's cores: a 3x p95
+      # ratio (and the default 1 ms slack) keeps scheduling noise from passing for a regression.
+      echo "\$ edgefleet rollouts start $NLU:$NEW_VERSION --fleet $FLEET --waves 34,67,100 --bake $BAKE" \
+        "--min-requests $MIN_REQUESTS --max-latency-ratio 3"
+      rollout=$("$EF" rollouts start "$NLU:$NEW_VERSION" --fleet "$FLEET" --waves 34,67,100 --bake "$BAKE" \
+        --min-requests "$MIN_REQUESTS" --max-latency-ratio 3 --json | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["rollout_id"])')
+      ;;
+    active*)
+      rollout=${plan#active }
+      echo "a rollout of $NLU:$NEW_VERSION is under way ($rollout); watching it:"
+      ;;
+    done*)
+      rollout=${plan#done }
+      echo "the fleet already runs $NLU:$NEW_VERSION (rollout $rollout completed): no new rollout"
+      ;;
+  esac
+  if ! fleet watch "$rollout" --timeout 300; then
+    "$EF" rollouts status "$rollout" >&2 || true
+    echo "demo: the rollout $rollout did not complete; see 'edgefleet rollouts status $rollout'" >&2
+    exit 1
+  fi
+  wait_until "the devices to serve $NLU:$NEW_VERSION" 60 fleet serving "$FLEET" "${AGENT_DIRS[@]}"
+  sleep 2  # one more telemetry flush, so the latency below includes the newest requests
+
+  echo "what demo-sensor-1 serves, asked on the device:"
+  "$EF" infer status --data-dir "$SENSOR_DIR"
   echo "a real recording of someone saying 'two' (FSDD, CC BY-SA 4.0), through demo-gw-1's local API:"
   "$EF" infer audio "$ROOT/tests/agent/data/fsdd/2_theo_34.wav" --data-dir "$GW_DIR"
+  echo "the same through demo-sensor-1's:"
+  "$EF" infer audio "$ROOT/tests/agent/data/fsdd/2_theo_34.wav" --data-dir "$SENSOR_DIR"
   echo "a request to demo-gw-1's text model:"
   "$EF" infer text "play some jazz music" --data-dir "$GW_DIR"
+
+  fleet summary "$FLEET" "$NLU:$NEW_VERSION" --traffic "$DEMO/traffic.json"
   cat <<TXT
 
-The control plane and three agents are running in the background (logs in $DEMO).
+The control plane, six agents and the traffic are running in the background (logs in $DEMO).
 Explore:
   export EDGEFLEET_CONFIG=$SERVER_DIR/cli.toml
   $EF devices list
@@ -194,16 +246,20 @@ Explore:
   $EF classes show vehicle-1core
   $EF classes apply deploy/classes.demo.yaml --dry-run   # edit the policies, see what would change
   $EF models list
-  $EF models evidence snips-nlu-student:1         # what each class measured for each variant
+  $EF models evidence $NLU:$NEW_VERSION         # what each class measured for each variant
   $EF models explain fsdd-digits:1 --class sensor-legacy
-  $EF models explain snips-nlu-student:1 --device demo-gw-1
+  $EF models explain $NLU:$NEW_VERSION --device demo-gw-1
+  $EF rollouts list
+  $EF rollouts status $rollout
+  $EF telemetry latency --model $NLU --by class
+  $EF telemetry latency --model $NLU --by version --since 15m
+  $EF telemetry latency --device demo-gw-1 --by variant
+  $EF telemetry health --fleet $FLEET
+  $EF telemetry events --device demo-vehicle-1
   $EF infer status --data-dir $DEMO/agent-2
   $EF infer audio tests/agent/data/fsdd/6_nicolas_7.wav --data-dir $GW_DIR --json
   $EF infer text "book a table for two in Paris tomorrow" --data-dir $GW_DIR --json
-  $EF telemetry latency --device demo-gw-1 --by variant
-  $EF telemetry events --device demo-vehicle-1
-  $EF tokens create --fleet demo          # join another device
-  $EF devices revoke demo-gw-1
+  $EF tokens create --fleet $FLEET          # join another device
 Stop: make demo-stop
 TXT
 }

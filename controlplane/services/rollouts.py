@@ -12,7 +12,9 @@ The controller decides; this module does what it says and tells it what happened
   removed when it had none.
 - Device progress comes from the status reports devices send: the target build active means
   installed; a failed reconcile of the current generation means failed.
-- ``Persist`` writes the whole state; a finished rollout frees its (fleet, model) slot.
+- ``Persist`` writes the whole state; a finished rollout frees its (fleet, model) slot. The events of
+  one tick are stepped together and the state written once before their actions run (a wave's
+  device reports cost one write, not one each).
 
 Invariants:
 - Every change to a rollout runs under one lock, one rollout step at a time, and the state is
@@ -226,9 +228,7 @@ class RolloutService:
 
     async def _advance(self, state: rollout.RolloutState) -> rollout.RolloutState:
         """Feed what the devices reported, devices that joined, and a Tick."""
-        for event in await self._device_events(state):
-            state = await self._feed(state, event)
-        return await self._feed(state, rollout.Tick())
+        return await self._feed_many(state, [*await self._device_events(state), rollout.Tick()])
 
     async def _device_events(self, state: rollout.RolloutState) -> list[rollout.Event]:
         s = self.s
@@ -254,13 +254,10 @@ class RolloutService:
                 if record.target is not None and active == record.target:
                     events.append(rollout.DeviceReport(device_id, active))
                     continue
+                if status.phase != "FAILED" or record.status is not rollout.DeviceStatus.INSTALLING:
+                    continue
                 device = await s.db(s.store.get_device, device_id)
-                if (
-                    status.phase == "FAILED"
-                    and device is not None
-                    and status.generation == device.desired_generation
-                    and record.status is rollout.DeviceStatus.INSTALLING
-                ):
+                if device is not None and status.generation == device.desired_generation:
                     events.append(rollout.DeviceReport(device_id, active, failed=True, reason=status.failure_reason))
         if state.phase in (rollout.Phase.RUNNING, rollout.Phase.BAKING, rollout.Phase.PAUSED):
             selector = _parse_selector(await s.db(s.store.get_setting, f"rollout:{spec.rollout_id}:selector") or "")
@@ -284,9 +281,28 @@ class RolloutService:
 
     async def _feed(self, state: rollout.RolloutState, event: rollout.Event) -> rollout.RolloutState:
         """Step the controller with ``event`` and run its actions and every event they cause."""
-        pending: deque[rollout.Event] = deque([event])
+        return await self._feed_many(state, [event])
+
+    async def _feed_many(self, state: rollout.RolloutState, events: Iterable[rollout.Event]) -> rollout.RolloutState:
+        """Step the controller through ``events``, then through the events their actions cause.
+
+        Each round steps every queued event first, persists the resulting state once, then runs the
+        round's other actions in order: every action still runs after a state that names it is on
+        disk, but a wave of N device reports costs one write, not N (the state holds every device).
+        """
+        pending: deque[rollout.Event] = deque(events)
         while pending:
-            state, actions = rollout.step(state, pending.popleft(), _epoch(self.s.clock()))
+            changed = False
+            actions: list[rollout.Action] = []
+            while pending:
+                state, step_actions = rollout.step(state, pending.popleft(), _epoch(self.s.clock()))
+                for action in step_actions:
+                    if isinstance(action, rollout.Persist):
+                        changed = True
+                    else:
+                        actions.append(action)
+            if changed:
+                await self._persist(state)
             state = await self._execute(state, actions, pending)
         return state
 

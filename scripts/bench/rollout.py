@@ -55,6 +55,12 @@ The run:
    the agent-side moment the last touched device left v3. The fleet was on v2 when v3 started,
    so "previous build" is v2, not v1.
 
+Telemetry load: each agent flushes a batch every ``--telemetry-flush-seconds`` (default 5; the
+real agent's default is 10). Before the rollout controller wrote its state once per tick (it wrote
+the whole state once per device report, so a wave of N devices cost N writes of N records), a run
+at 2 s (250 batches/s) took 374 s for the v2 rollout in one run and did not finish within 600 s in
+another; with one write per tick the same run completes v2 in about 46 s (docs/PERFORMANCE.md).
+
 Printed: a table on stdout, then one JSON line (also written to ``--json-out``). Progress goes to
 stderr. The machine is small and shared (the server, the agent workers and whatever else runs
 compete for the same cores), so the times are what this machine did, not a capacity claim.
@@ -110,6 +116,8 @@ STOP_TIMEOUT_SECONDS = 15.0
 LATENCY_MEDIAN_MS = 2.0
 LATENCY_SIGMA = 0.25  # log-normal: p95 = median * e^(1.645 sigma), about 1.5x the median
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+STEPS = ("desired", "download_started", "downloaded", "staged", "activated")
+"""Install steps timed on each agent: the desired state arrives, then the shell's lifecycle events."""
 
 
 class BenchError(Exception):
@@ -202,6 +210,8 @@ class SimAgent:
     tasks: list = field(default_factory=list)
     active_version: int = 0
     first_active: dict[int, float] = field(default_factory=dict)  # version -> first activation (epoch)
+    steps: dict[int, dict[str, float]] = field(default_factory=dict)  # version -> step -> first time (epoch)
+    download_starts: Counter = field(default_factory=Counter)  # version -> DOWNLOAD_STARTED events
     was_slow: bool = False
     left_slow_at: float | None = None
     first_bad_recorded: float | None = None
@@ -233,7 +243,7 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
     from agent.serving import Serving
     from agent.session import Session, SessionEnded
     from agent.telemetry.pipeline import TelemetryPipeline
-    from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc
+    from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc, common_pb2
     from protos.join import parse_join_string
 
     loop = asyncio.get_running_loop()
@@ -261,6 +271,10 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
         holder: dict[str, SimAgent] = {}
 
         def on_desired(message: agent_pb2.DesiredState) -> None:
+            now = time.time()
+            for model in message.models:
+                if model.model.name == MODEL:
+                    holder["a"].steps.setdefault(model.model.version, {}).setdefault("desired", now)
             try:
                 holder["a"].shell.submit_desired(message)
             except InvalidDesiredState as exc:
@@ -291,6 +305,15 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
                 a.was_slow = a.was_slow or version in slow
                 a.active_version = version
 
+        def emit(event: common_pb2.LifecycleEvent) -> None:
+            a = holder["a"]
+            a.telemetry.emit(event)
+            kind = common_pb2.LifecycleEvent.Kind.Name(event.kind).lower()
+            if event.model.name == MODEL and kind in STEPS:
+                a.steps.setdefault(event.model.version, {}).setdefault(kind, time.time())
+                if kind == "download_started":
+                    a.download_starts[event.model.version] += 1
+
         def send_telemetry(message: agent_pb2.AgentMessage) -> bool:
             a = holder["a"]
             sent = a.session.send(message)
@@ -318,7 +341,7 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
             serving=serving,
             acceptance=passing_acceptance,
             report=report,
-            emit=telemetry.emit,
+            emit=emit,
         )
         agent = SimAgent(identity.device_id, session, shell, serving, telemetry, channel, asyncio.Event())
         holder["a"] = agent
@@ -405,6 +428,10 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
             "first_bad_sent": earliest(a.first_bad_sent for a in agents),
             "first_bad_acked": earliest(a.first_bad_acked for a in agents),
             "activations": {a.device_id: {str(v): t for v, t in a.first_active.items()} for a in agents},
+            "steps": {a.device_id: {str(v): dict(t) for v, t in a.steps.items()} for a in agents},
+            "download_starts": dict(
+                sum((Counter({str(v): n for v, n in a.download_starts.items()}) for a in agents), Counter())
+            ),
             "connected": sum(1 for a in agents if a.session.state.connected),
             "reconnects": sum(max(0, a.session.state.welcomed - 1) for a in agents),
             "fatal": len(fatal),
@@ -473,7 +500,10 @@ def start_server(tmp: Path, args: argparse.Namespace) -> ServerProcess:
         "--ready-file", str(ready), "--log-level", "warning",
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        # Its own session: a terminal's ^C reaches this script only, which then stops the server gracefully.
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
+        )
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -708,6 +738,8 @@ def merge(snapshots: list[dict]) -> dict:
         "first_bad_sent": pick("first_bad_sent", min),
         "first_bad_acked": pick("first_bad_acked", min),
         "activations": {k: v for s in snapshots for k, v in s["activations"].items()},
+        "steps": {k: v for s in snapshots for k, v in s["steps"].items()},
+        "download_starts": dict(sum((Counter(s["download_starts"]) for s in snapshots), Counter())),
         "connected": sum(s["connected"] for s in snapshots),
         "reconnects": sum(s["reconnects"] for s in snapshots),
         "fatal": sum(s["fatal"] for s in snapshots),
@@ -776,8 +808,10 @@ def run_rollout(
             break
         time.sleep(args.poll_seconds)
     cpu_after = cpu_seconds(server.pid)
+    elapsed = time.time() - started_at
     rss_end = rss_bytes(server.pid)
-    activations = workers.snapshot()["activations"]
+    snap = workers.snapshot()
+    activations, steps = snap["activations"], snap["steps"]
     plan = plan_waves(classes, list(rollout.waves_percent))
     ended_at = _epoch(rollout.updated_at) if rollout.state in TERMINAL else None
     decisions = [
@@ -798,6 +832,15 @@ def run_rollout(
         times = [activations.get(device_id, {}).get(str(version)) for device_id in plan[wave]]
         installed = max(times) if times and None not in times else None
         first = min((t for t in times if t is not None), default=None)
+        spread = {}
+        for step in STEPS:
+            at = sorted(
+                t - wave_start
+                for device_id in plan[wave]
+                if (t := steps.get(device_id, {}).get(str(version), {}).get(step)) is not None
+            )
+            if at:
+                spread[step] = {"p50": at[len(at) // 2], "max": at[-1], "devices": len(at)}
         entry = {
             "wave": wave + 1,
             "percent": percent,
@@ -809,6 +852,7 @@ def run_rollout(
             "first_active_seconds": first - wave_start if first is not None else None,
             "installed_seconds": installed - wave_start if installed is not None else None,
             "gate_seconds": final["at"] - installed if final and installed is not None else None,
+            "steps_after_wave_start_seconds": spread,
             "wave_seconds": final["at"] - wave_start if final else None,
         }
         waves.append(entry)
@@ -825,11 +869,13 @@ def run_rollout(
         "total_seconds": ended_at - started_at if ended_at else None,
         "waves": waves,
         "decisions": decisions,
+        "elapsed_seconds": elapsed,
         "server_cpu_seconds": cpu_after - cpu_before,
         "server_rss_before_bytes": rss_before,
         "server_rss_peak_bytes": rss_peak,
         "server_rss_end_bytes": rss_end,
         "polls": polls,
+        "download_starts": snap["download_starts"].get(str(version), 0),
     }
 
 
@@ -972,6 +1018,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
 
         final = workers.stop()
         final.pop("activations")
+        final.pop("steps")
         result["agents"] = final
         result["server_end_rss_bytes"] = rss_bytes(server.pid)
     result["runtime_seconds"] = time.monotonic() - t_begin
@@ -1003,10 +1050,18 @@ def rollout_rows(label: str, r: dict) -> list[tuple[str, str]]:
                 f"({w['waits']} wait before)",
             )
         )
-    window = r["total_seconds"] or 1.0
+        steps = w["steps_after_wave_start_seconds"]
+        rows.append(
+            (
+                f"{label} wave {w['wave']} steps p50/max",
+                ", ".join(f"{k} {v['p50']:.1f}/{v['max']:.1f}" for k, v in steps.items()) or "n/a",
+            )
+        )
+    window = r["elapsed_seconds"]
     rows += [
+        (f"{label} downloads", f"{r['download_starts']} download starts (retries show as more than one per device)"),
         (f"{label} server CPU", f"{r['server_cpu_seconds']:.2f} s ({100 * r['server_cpu_seconds'] / window:.0f} % "
-                                f"of one core over the rollout)"),
+                                f"of one core over {window:.0f} s)"),
         (f"{label} server RSS", f"{_mib(r['server_rss_before_bytes'])} before, {_mib(r['server_rss_peak_bytes'])} "
                                 f"peak, {_mib(r['server_rss_end_bytes'])} after"),
     ]  # fmt: skip
@@ -1079,7 +1134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-seconds", type=int, default=5, help="server heartbeat interval (default 5)")
     parser.add_argument("--rollout-tick-seconds", type=float, default=0.5, help="server flag (default 0.5)")
     parser.add_argument("--rollout-remeasure-seconds", type=float, default=1.0, help="server flag (default 1)")
-    parser.add_argument("--telemetry-flush-seconds", type=float, default=2.0, help="agent flush (default 2)")
+    parser.add_argument("--telemetry-flush-seconds", type=float, default=5.0, help="agent flush (default 5)")
     parser.add_argument("--traffic-interval", type=float, default=1.0, help="app traffic tick, seconds (default 1)")
     parser.add_argument("--requests-per-second", type=float, default=5.0, help="per agent (default 5)")
     parser.add_argument("--slow-factor", type=float, default=20.0, help="v3's reported latency factor (default 20)")
