@@ -45,12 +45,8 @@ bench-selection: venv ## chosen variant per simulated device class vs always-fp3
 bench-rollout: venv ## 500 agents: waves 1,10,50,100 of a good version, then a regression rolled back
 	$(PY) scripts/bench/rollout.py
 
-bench: venv         ## every benchmark under scripts/bench/
-	$(PY) scripts/bench/session.py
-	$(PY) scripts/bench/serving.py
-	$(PY) scripts/bench/artifact.py
-	$(PY) scripts/bench/selection.py
-	$(PY) scripts/bench/rollout.py
+bench: venv         ## every benchmark under scripts/bench/ → summary table in docs/PERFORMANCE.md (BENCH_ARGS=--quick)
+	$(PY) scripts/bench/report.py run $(BENCH_ARGS)
 
 models: venv        ## rebuild every model bundle from the vendored data (CPU torch, build extra)
 	# torch first, pinned: it takes the local CPU wheel, so nothing pulls a CUDA build.
