@@ -54,6 +54,16 @@ def agent(
     trust: Annotated[
         list[Path] | None, typer.Option("--trust", help="Publisher public key (KEYFILE.pub) whose bundles to install")
     ] = None,
+    transport: Annotated[
+        str | None,
+        typer.Option(
+            "--transport", help="Session transport: grpc (default) or mqtt (MQTT 5 through the fleet's broker)"
+        ),
+    ] = None,
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option("--mqtt-url", help="Broker URL, mqtt[s]://host[:port] (default: the one handed over at join)"),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")] = "info",
 ) -> None:
     """Run the agent: join with --join on first start, then keep the session to the control plane.
@@ -85,6 +95,8 @@ def agent(
             model_memory_budget_bytes=(
                 None if memory_budget is None else parse_byte_size(memory_budget, "--memory-budget")
             ),
+            transport=transport,
+            mqtt_url=mqtt_url,
         )
         asyncio.run(run(cfg, join=join, device_id=device_id))
     except (AgentConfigError, JoinStringError) as exc:

@@ -17,7 +17,8 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -25,7 +26,15 @@ from agent.backoff import Backoff
 from agent.errors import AgentConfigError
 from agent.facts import validate_overrides
 
-__all__ = ["AgentConfig", "load_config", "parse_byte_size", "parse_cpu_list", "parse_labels", "validate_labels"]
+__all__ = [
+    "AgentConfig",
+    "load_config",
+    "parse_byte_size",
+    "parse_cpu_list",
+    "parse_labels",
+    "parse_mqtt_url",
+    "validate_labels",
+]
 
 MAX_LABELS = 32
 MAX_LABEL_VALUE_CHARS = 128
@@ -116,6 +125,28 @@ def parse_byte_size(text: str, what: str = "size") -> int:
     return int(match.group(1)) * unit
 
 
+MQTT_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+def parse_mqtt_url(url: str) -> tuple[bool, str, int]:
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]`` -> ``(tls, host, port)``; ports default to 1883 / 8883.
+
+    Raises ``AgentConfigError`` for another scheme, a missing host, a bad port, or a user, path or query in the URL.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise AgentConfigError(f"MQTT URL {url!r} is invalid: {exc}") from exc
+    if parts.scheme not in MQTT_DEFAULT_PORTS:
+        raise AgentConfigError(f"MQTT URL {url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise AgentConfigError(f"MQTT URL {url!r} has no host")
+    if parts.username or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise AgentConfigError(f"MQTT URL {url!r} may hold only a scheme, host and port")
+    return parts.scheme == "mqtts", parts.hostname, port or MQTT_DEFAULT_PORTS[parts.scheme]
+
+
 def _allowed_cpus() -> set[int]:
     try:
         return set(os.sched_getaffinity(0))
@@ -148,6 +179,20 @@ class AgentConfig(BaseModel):
     model_memory_budget_bytes: int = Field(0, ge=0, le=2**64 - 1)  # 0: no budget
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     local_api_tcp_port: int | None = Field(None, ge=0, le=65535)  # None: unix socket only; 0: any free port
+    # The session's transport: the gRPC stream to the device port, or MQTT 5 through the fleet's broker.
+    # Artifacts are fetched over the gRPC device port either way.
+    transport: Literal["grpc", "mqtt"] = "grpc"
+    mqtt_url: str | None = None  # mqtt[s]://host[:port]; None: the URL handed over at join
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_mqtt_url(value)
+            except AgentConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("data_dir", mode="before")
     @classmethod

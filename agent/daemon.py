@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from agent.channel import device_channel
 from agent.config import AgentConfig
@@ -28,6 +29,9 @@ from agent.session import Session
 from agent.telemetry.pipeline import TelemetryPipeline
 from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc
 from protos.join import parse_join_string
+
+if TYPE_CHECKING:
+    from agent.mqtt_session import MqttSession
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -111,6 +115,25 @@ def apply_cpu_affinity(config: AgentConfig) -> None:
     log.info("pinned to CPUs %s", ",".join(map(str, config.cpu_affinity)))
 
 
+def make_session(config: AgentConfig, identity: Identity, **kwargs) -> Session | MqttSession:
+    """The session for ``config.transport``: the gRPC stream, or MQTT 5 through the fleet's broker.
+
+    ``kwargs`` are the callbacks and the heartbeat interval, the same for both. Raises ``AgentConfigError``
+    when MQTT is chosen and there is no broker URL (neither ``mqtt_url`` nor one stored at join).
+    """
+    common = dict(
+        facts=facts_provider(config),
+        connect_timeout_seconds=config.connect_timeout_seconds,
+        backoff=config.reconnect_backoff(),
+        **kwargs,
+    )
+    if config.transport == "mqtt":
+        from agent.mqtt_session import MqttSession
+
+        return MqttSession(identity, url=config.mqtt_url, **common)
+    return Session(identity, **common)
+
+
 async def run(config: AgentConfig, *, join: str | None = None, device_id: str | None = None) -> None:
     """Run until SIGTERM/SIGINT. Raises SessionEnded when revoked or refused.
 
@@ -147,13 +170,11 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         telemetry.on_connected()
         session.send(agent_pb2.AgentMessage(status=status_report(shell.state)))
 
-    session = Session(
+    session = make_session(
+        config,
         identity,
-        facts=facts_provider(config),
         # The control plane's interval (from enrollment) unless the config sets one.
         heartbeat_interval_seconds=config.heartbeat_interval_seconds if explicit else None,
-        connect_timeout_seconds=config.connect_timeout_seconds,
-        backoff=config.reconnect_backoff(),
         on_desired=on_desired,
         on_message=on_message,
         on_connected=on_connected,

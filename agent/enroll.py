@@ -9,7 +9,7 @@ import grpc
 
 from agent.channel import secure_channel, translate
 from agent.errors import AgentConfigError, EnrollmentError
-from agent.identity import Identity, fetch_pinned_ca, generate_key_and_csr, save_identity
+from agent.identity import Identity, fetch_pinned_ca, generate_key_and_csr, mqtt_fields, save_identity
 from protos.edgefleet.v1 import common_pb2, enrollment_pb2, enrollment_pb2_grpc
 from protos.join import JoinString
 from protos.limits import TLS_SERVER_NAME, check_name
@@ -63,6 +63,7 @@ async def enroll(
         key_pem=key_pem,
         cert_pem=bytes(response.certificate_pem),
         ca_pem=ca_pem,
+        **mqtt_fields(response.mqtt if response.HasField("mqtt") else None),
     )
     save_identity(data_dir, identity)
     return identity

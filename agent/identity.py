@@ -33,6 +33,7 @@ KEY_FILE = "device.key"
 CERT_FILE = "device.crt"
 CA_FILE = "ca.crt"
 META_FILE = "identity.json"
+MQTT_PASSWORD_FILE = "mqtt.password"  # owner-only, like the key; absent when the join handed over no broker
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,32 @@ class Identity:
     key_pem: bytes = b""
     cert_pem: bytes = b""
     ca_pem: bytes = b""
+    # The fleet's MQTT broker, from EnrollResponse.mqtt; empty when the control plane bridges none.
+    mqtt_url: str = ""
+    mqtt_username: str = ""
+    mqtt_client_id: str = ""
+    mqtt_topic_root: str = ""
+    mqtt_password: str = ""  # secret: kept out of identity.json, in an owner-only file
 
     def to_meta(self) -> dict:
         meta = asdict(self)
-        for name in ("key_pem", "cert_pem", "ca_pem"):
+        for name in ("key_pem", "cert_pem", "ca_pem", "mqtt_password"):
             meta.pop(name)
         return meta
+
+
+def mqtt_fields(credentials: object) -> dict[str, str]:
+    """The ``Identity`` fields for an ``EnrollResponse.mqtt`` (``MqttCredentials``); ``{}`` if it has no URL."""
+    url = getattr(credentials, "url", "")
+    if not url:
+        return {}
+    return {
+        "mqtt_url": url,
+        "mqtt_username": credentials.username,
+        "mqtt_client_id": credentials.client_id,
+        "mqtt_topic_root": credentials.topic_root,
+        "mqtt_password": credentials.password,
+    }
 
 
 def generate_key_and_csr(device_id: str) -> tuple[bytes, bytes]:
@@ -122,12 +143,15 @@ def save_identity(data_dir: Path, identity: Identity) -> None:
     staging = data_dir / f".{IDENTITY_DIR}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700, parents=True)
-    for name, data, mode in (
+    files = [
         (KEY_FILE, identity.key_pem, 0o600),
         (CERT_FILE, identity.cert_pem, 0o644),
         (CA_FILE, identity.ca_pem, 0o644),
         (META_FILE, json.dumps(identity.to_meta(), indent=2, sort_keys=True).encode(), 0o644),
-    ):
+    ]
+    if identity.mqtt_password:
+        files.append((MQTT_PASSWORD_FILE, identity.mqtt_password.encode(), 0o600))
+    for name, data, mode in files:
         fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             os.write(fd, data)
@@ -151,6 +175,9 @@ def load_identity(data_dir: Path) -> Identity:
         )
     try:
         meta = json.loads((folder / META_FILE).read_text())
+        password = folder / MQTT_PASSWORD_FILE
+        if password.exists():
+            meta["mqtt_password"] = password.read_text()
         identity = Identity(
             **meta,
             key_pem=(folder / KEY_FILE).read_bytes(),

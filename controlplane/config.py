@@ -2,12 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_API_PORT = 7443
 DEFAULT_DEVICE_PORT = 7444
+MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """``mqtt[s]://[user[:password]@]host[:port]``, split."""
+
+    tls: bool
+    host: str
+    port: int
+    username: str
+    password: str
+
+    def without_credentials(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """Split a broker URL. Raises ValueError naming what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in MQTT_SCHEMES:
+        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    try:
+        port = parts.port or MQTT_SCHEMES[parts.scheme]
+    except ValueError as exc:
+        raise ValueError(f"broker URL {url!r} has a bad port") from exc
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"broker URL {url!r} must be mqtt[s]://[user:password@]host[:port], with no path or query")
+    return BrokerUrl(
+        tls=parts.scheme == "mqtts",
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+    )
 
 
 class ServerConfig(BaseModel):
@@ -45,12 +85,23 @@ class ServerConfig(BaseModel):
     # Prometheus metrics over HTTP on listen_host: None = off, 0 = any free port.
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_cache_seconds: float = Field(5.0, ge=0, le=300)  # a scrape within this reuses the last queries
+    # MQTT 5 transport (controlplane.mqtt_bridge): the broker the control plane bridges, mqtt[s]://[user:pass@]host[:port];
+    # empty = no bridge. mqtt_device_url is what enrollment tells devices; empty = mqtt_url without its credentials.
+    mqtt_url: str = ""
+    mqtt_device_url: str = ""
 
     @model_validator(mode="after")
     def _hours_outlive_minutes(self) -> ServerConfig:
         if self.hour_retention_days < self.minute_retention_days:
             raise ValueError("hour_retention_days must be at least minute_retention_days")
         return self
+
+    @field_validator("mqtt_url", "mqtt_device_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if value:
+            parse_broker_url(value)  # raises ValueError naming what is wrong
+        return value
 
     @field_validator("data_dir")
     @classmethod

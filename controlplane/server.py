@@ -14,6 +14,7 @@ Background work: the presence flush, and the retention task, which runs ``Store.
 and every ``rollup_interval_seconds`` (minutes older than ``minute_retention_days`` become hourly
 rows, kept ``hour_retention_days``; events and resource samples expire after their own retention).
 With ``metrics_port`` set, a Prometheus endpoint (``controlplane.metrics``) listens on the same host.
+With ``mqtt_url`` set, ``controlplane.mqtt_bridge`` serves devices over an MQTT 5 broker as well.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,7 +37,7 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.auth import new_operator_token, sha256_hex
 from controlplane.blobs import BlobStore
-from controlplane.config import ServerConfig
+from controlplane.config import ServerConfig, parse_broker_url
 from controlplane.errors import DataDirError
 from controlplane.metrics import MetricsServer, ServerStats
 from controlplane.pki import load_or_create_ca, write_private
@@ -48,6 +50,9 @@ from controlplane.services.rollouts import RolloutService
 from controlplane.store import Store
 from protos.edgefleet.v1 import admin_pb2, agent_pb2, enrollment_pb2
 from protos.limits import MAX_ADMIN_MESSAGE_BYTES, MAX_SESSION_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from controlplane.mqtt_bridge import MqttBridge
 
 log = logging.getLogger("edgefleet.server")
 
@@ -94,6 +99,7 @@ class RunningServer:
     rollout_stop: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: MetricsServer | None = None
     metrics_port: int | None = None  # the bound port, when the metrics endpoint is on
+    mqtt: MqttBridge | None = None  # the MQTT transport, when mqtt_url is set
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.services.config.shutdown_grace_seconds if grace is None else grace
@@ -117,6 +123,8 @@ class RunningServer:
             await servicer.enter_graceful_shutdown()
         for handle in self.services.presence.sessions():
             handle.close("control plane shutting down")
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         await asyncio.gather(self.api_server.stop(grace), self.device_server.stop(grace))
         await self.services.presence.stop()
         now = self.services.clock()
@@ -226,6 +234,13 @@ async def start(config: ServerConfig) -> RunningServer:
     await api_server.start()
     await device_server.start()
     presence.start()
+    bridge: MqttBridge | None = None
+    if config.mqtt_url:
+        from controlplane.mqtt_bridge import MqttBridge
+
+        bridge = MqttBridge(services, config.mqtt_url)
+        bridge.start()
+        log.info("bridging MQTT broker %s", parse_broker_url(config.mqtt_url).without_credentials())
     rollup_task = asyncio.get_running_loop().create_task(_retention_loop(services, stats), name="retention")
     rollout_stop = asyncio.Event()
     rollout_task = asyncio.get_running_loop().create_task(rollouts.run(rollout_stop), name="rollouts")
@@ -249,6 +264,7 @@ async def start(config: ServerConfig) -> RunningServer:
         rollout_stop=rollout_stop,
         metrics=metrics,
         metrics_port=metrics_port,
+        mqtt=bridge,
     )
 
 

@@ -62,6 +62,14 @@ def server(
         float,
         typer.Option("--rollout-remeasure-seconds", help="A gate short of data measures again after this long"),
     ] = 60.0,
+    mqtt: Annotated[
+        str,
+        typer.Option("--mqtt", help="Also serve devices over this MQTT 5 broker: mqtt[s]://[user:pass@]host[:port]"),
+    ] = "",
+    mqtt_device_url: Annotated[
+        str,
+        typer.Option("--mqtt-device-url", help="Broker URL given to devices at join (default: --mqtt without user)"),
+    ] = "",
     ready_file: Annotated[
         Path | None, typer.Option("--ready-file", help="Write 'API_PORT DEVICE_PORT PID' here when ready")
     ] = None,
@@ -100,6 +108,8 @@ def server(
             benchmark_runs=benchmark_runs,
             rollout_tick_seconds=rollout_tick,
             rollout_remeasure_seconds=rollout_remeasure,
+            mqtt_url=mqtt,
+            mqtt_device_url=mqtt_device_url,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

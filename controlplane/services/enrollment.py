@@ -12,11 +12,13 @@ import logging
 import grpc
 
 from controlplane.auth import secret_matches
+from controlplane.config import parse_broker_url
 from controlplane.errors import AlreadyExistsError, InvalidRequest, Unauthenticated
 from controlplane.fleet import facts_to_dict, validate_facts
 from controlplane.grpc_errors import handle_errors
 from controlplane.services.context import Services
 from controlplane.store import errors as store_errors
+from protos import mqtt
 from protos.edgefleet.v1 import enrollment_pb2, enrollment_pb2_grpc
 from protos.limits import TLS_SERVER_NAME, check_name
 
@@ -80,4 +82,19 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
             trusted_publisher_keys=[bytes.fromhex(keys[k].public_key) for k in token.publisher_key_ids if k in keys],
             heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
             labels=dict(token.labels),
+            mqtt=mqtt_credentials(s, token.fleet, request.device_id),
         )
+
+
+def mqtt_credentials(s: Services, fleet: str, device_id: str) -> enrollment_pb2.MqttCredentials | None:
+    """How the device reaches the bridged MQTT broker; None when the server bridges none (or the ids cannot be
+    topic levels). The password stays empty: per-device broker credentials come later."""
+    if not s.config.mqtt_url:
+        return None
+    try:
+        root = mqtt.device_root(fleet, device_id)
+    except mqtt.TopicError as exc:
+        log.warning("device %s gets no MQTT settings: %s", device_id, exc)
+        return None
+    url = s.config.mqtt_device_url or parse_broker_url(s.config.mqtt_url).without_credentials()
+    return enrollment_pb2.MqttCredentials(url=url, username=device_id, client_id=device_id, topic_root=root)

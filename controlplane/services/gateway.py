@@ -80,33 +80,10 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
             return
         if first.WhichOneof("body") != "hello":
             raise InvalidRequest("the first message of a session must be Hello")
-        hello = first.hello
-        if hello.device_id and hello.device_id != device.device_id:
-            raise PermissionDenied(
-                f"Hello names device {hello.device_id!r} but the certificate is {device.device_id!r}"
-            )
-        if len(hello.boot_id) > 64:
-            raise InvalidRequest("boot_id is longer than 64 characters")
-        handle = SessionHandle(device_id=device.device_id, boot_id=hello.boot_id)
-        now = s.clock()
-        await s.db(s.store.mark_connected, device.device_id, hello.boot_id, now)
-        s.presence.open(handle)
-        log.info("session open: %s boot %s", device.device_id, hello.boot_id)
-        welcome = agent_pb2.Welcome(
-            device_id=device.device_id,
-            fleet=device.fleet,
-            heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
-            protocol_version=PROTOCOL_VERSION,
-            server_time=timestamp(now),
-        )
-        await context.write(agent_pb2.ControlMessage(welcome=welcome))
-        # Read after presence.open: a deploy racing with this session either finds the handle or
-        # wrote before this read; either way the device ends up with the newest generation.
-        generation, desired = await s.db(s.store.get_desired, device.device_id)
-        if desired:
-            await context.write(desired_message(generation, desired, s))
-        for job in await evidence.pending_messages(s, device.device_id):
-            await context.write(job)
+        handle, welcome = await open_session(s, device, first.hello)
+        await context.write(welcome)
+        for message in await catch_up(s, device.device_id):
+            await context.write(message)
         reader = asyncio.ensure_future(self._read(device.device_id, messages, handle))
         try:
             await self._write(context, handle, reader)
@@ -115,9 +92,7 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             log.info("session closed: %s", device.device_id)
-            if s.presence.release(handle):
-                # Shielded: a cancelled handler must still record that its session ended.
-                await asyncio.shield(s.db(s.store.mark_disconnected, device.device_id, s.clock()))
+            await close_session(s, handle)
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             raise reader.exception()
 
@@ -204,49 +179,109 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
                 log.info("session of %s missed heartbeats for %.0f s; closing", device_id, timeout)
                 handle.close(f"no message for {timeout:.0f} s (missed heartbeats); reconnect")
                 return
-            now = s.clock()
-            s.presence.seen(device_id, now)
-            kind = message.WhichOneof("body")
-            if kind == "facts":
-                validate_facts(message.facts)
-                async with s.class_lock:
-                    before = await s.db(s.store.get_device, device_id)
-                    device_class = await classes.classify(s, device_id, message.facts)
-                    await s.db(
-                        s.store.update_facts,
-                        device_id,
-                        facts_to_dict(message.facts),
-                        message.facts.agent_version,
-                        now,
-                        device_class=device_class,
-                    )
-                if before is not None and before.device_class != device_class:
-                    log.info("device %s is in class %s", device_id, device_class)
-                    await evidence.plan_latest(s)  # a new member may be needed as a benchmark sample
-            elif kind == "hello":
-                raise InvalidRequest("Hello may only be sent once per session")
-            elif kind == "telemetry":
-                await self._telemetry(device_id, message.telemetry, handle)
-            elif kind == "status":
-                await telemetry.record_status(s, device_id, message.status)
-            elif kind == "job_result":
-                await evidence.record_result(s, device_id, message.job_result)
-            # heartbeat: seen() above is all it takes.
-
-    async def _telemetry(self, device_id: str, batch, handle: SessionHandle) -> None:
-        """Store a batch and queue its ack; a refused batch is logged and not acked (see services.telemetry)."""
-        try:
-            ack = await telemetry.ingest(self.s, device_id, batch)
-        except (PermissionDenied, ValueError) as exc:
-            log.warning(
-                "telemetry batch %s/%d from %s refused, not acked: %s", batch.boot_id, batch.sequence, device_id, exc
-            )
-            return
-        # Waits while the outbox is full: a device that sends faster than it reads acks is slowed down.
-        await handle.outbox.put(agent_pb2.ControlMessage(telemetry_ack=ack))
+            await handle_message(s, device_id, message, handle)
 
     @handle_errors
     async def SendTelemetry(self, request, context):  # noqa: N802
         """Store one batch for an agent without an open session; answers its ack."""
         device = await self.authenticate(context)
         return await telemetry.ingest(self.s, device.device_id, request)
+
+
+# --- one session's life, shared by the gRPC stream above and the MQTT bridge (controlplane.mqtt_bridge) ---
+
+
+async def open_session(
+    s: Services, device, hello: agent_pb2.Hello, *, what: str = "session"
+) -> tuple[SessionHandle, agent_pb2.ControlMessage]:
+    """Check ``hello`` against the device row, record the connection and register a session handle.
+
+    Returns the handle and the Welcome to send first; send ``catch_up(s, device_id)`` after it.
+    Raises PermissionDenied or InvalidRequest.
+    """
+    if hello.device_id and hello.device_id != device.device_id:
+        raise PermissionDenied(f"Hello names device {hello.device_id!r} but the certificate is {device.device_id!r}")
+    if len(hello.boot_id) > 64:
+        raise InvalidRequest("boot_id is longer than 64 characters")
+    handle = SessionHandle(device_id=device.device_id, boot_id=hello.boot_id)
+    now = s.clock()
+    await s.db(s.store.mark_connected, device.device_id, hello.boot_id, now)
+    s.presence.open(handle)
+    log.info("%s open: %s boot %s", what, device.device_id, hello.boot_id)
+    welcome = agent_pb2.Welcome(
+        device_id=device.device_id,
+        fleet=device.fleet,
+        heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
+        protocol_version=PROTOCOL_VERSION,
+        server_time=timestamp(now),
+    )
+    return handle, agent_pb2.ControlMessage(welcome=welcome)
+
+
+async def catch_up(s: Services, device_id: str) -> list[agent_pb2.ControlMessage]:
+    """What follows a Welcome: the whole DesiredState (if the device has desired rows), then pending jobs.
+
+    Called after presence.open: a deploy racing with the session either finds the handle or
+    wrote before this read; either way the device ends up with the newest generation.
+    """
+    messages = []
+    generation, desired = await s.db(s.store.get_desired, device_id)
+    if desired:
+        messages.append(desired_message(generation, desired, s))
+    messages += await evidence.pending_messages(s, device_id)
+    return messages
+
+
+async def close_session(s: Services, handle: SessionHandle) -> None:
+    """Forget the handle; if it was the device's current session, record that the session ended."""
+    if s.presence.release(handle):
+        # Shielded: a cancelled handler must still record that its session ended.
+        await asyncio.shield(s.db(s.store.mark_disconnected, handle.device_id, s.clock()))
+
+
+async def handle_message(s: Services, device_id: str, message: agent_pb2.AgentMessage, handle: SessionHandle) -> None:
+    """Act on one AgentMessage of an open session (after its Hello).
+
+    Raises InvalidRequest for a second Hello or out-of-bounds facts; a refused telemetry batch is logged, not acked.
+    """
+    now = s.clock()
+    s.presence.seen(device_id, now)
+    kind = message.WhichOneof("body")
+    if kind == "facts":
+        validate_facts(message.facts)
+        async with s.class_lock:
+            before = await s.db(s.store.get_device, device_id)
+            device_class = await classes.classify(s, device_id, message.facts)
+            await s.db(
+                s.store.update_facts,
+                device_id,
+                facts_to_dict(message.facts),
+                message.facts.agent_version,
+                now,
+                device_class=device_class,
+            )
+        if before is not None and before.device_class != device_class:
+            log.info("device %s is in class %s", device_id, device_class)
+            await evidence.plan_latest(s)  # a new member may be needed as a benchmark sample
+    elif kind == "hello":
+        raise InvalidRequest("Hello may only be sent once per session")
+    elif kind == "telemetry":
+        await _telemetry(s, device_id, message.telemetry, handle)
+    elif kind == "status":
+        await telemetry.record_status(s, device_id, message.status)
+    elif kind == "job_result":
+        await evidence.record_result(s, device_id, message.job_result)
+    # heartbeat: seen() above is all it takes.
+
+
+async def _telemetry(s: Services, device_id: str, batch, handle: SessionHandle) -> None:
+    """Store a batch and queue its ack; a refused batch is logged and not acked (see services.telemetry)."""
+    try:
+        ack = await telemetry.ingest(s, device_id, batch)
+    except (PermissionDenied, ValueError) as exc:
+        log.warning(
+            "telemetry batch %s/%d from %s refused, not acked: %s", batch.boot_id, batch.sequence, device_id, exc
+        )
+        return
+    # Waits while the outbox is full: a device that sends faster than it reads acks is slowed down.
+    await handle.outbox.put(agent_pb2.ControlMessage(telemetry_ack=ack))
