@@ -89,11 +89,20 @@ class ServerConfig(BaseModel):
     # empty = no bridge. mqtt_device_url is what enrollment tells devices; empty = mqtt_url without its credentials.
     mqtt_url: str = ""
     mqtt_device_url: str = ""
+    # Give each device its own broker account at enrollment (controlplane.mqtt_accounts; Mosquitto's dynamic
+    # security plugin, with mqtt_url's account holding its admin role) and delete it at revocation.
+    mqtt_provision_devices: bool = False
 
     @model_validator(mode="after")
     def _hours_outlive_minutes(self) -> ServerConfig:
         if self.hour_retention_days < self.minute_retention_days:
             raise ValueError("hour_retention_days must be at least minute_retention_days")
+        return self
+
+    @model_validator(mode="after")
+    def _provisioning_needs_a_broker(self) -> ServerConfig:
+        if self.mqtt_provision_devices and not self.mqtt_url:
+            raise ValueError("mqtt_provision_devices needs mqtt_url (the broker whose accounts it manages)")
         return self
 
     @field_validator("mqtt_url", "mqtt_device_url")

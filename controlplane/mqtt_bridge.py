@@ -51,8 +51,9 @@ message); the Welcome makes the agent resend every unacked telemetry batch, and 
 Reconnects: paho's own reconnect is off; ``_run`` reconnects with capped exponential backoff and full
 jitter (the policy of ``agent/backoff.py``, restated in ``_Backoff`` since the control plane does not
 import the agent). ``mqtts://`` uses the system's trusted CAs. Broker authentication is the broker's:
-until each device has its own broker credentials and ACL, anyone who may publish on the broker can
-speak for any device.
+with ``--mqtt-provision-devices`` each device has its own broker account limited to its own subtree
+(``controlplane/mqtt_accounts.py``, deploy/mosquitto/); without it, anyone who may publish on the
+broker can speak for any device.
 """
 
 from __future__ import annotations

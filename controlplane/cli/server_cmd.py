@@ -70,6 +70,13 @@ def server(
         str,
         typer.Option("--mqtt-device-url", help="Broker URL given to devices at join (default: --mqtt without user)"),
     ] = "",
+    mqtt_provision_devices: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt-provision-devices",
+            help="Give each device its own broker account at join (Mosquitto dynamic security; see deploy/mosquitto)",
+        ),
+    ] = False,
     ready_file: Annotated[
         Path | None, typer.Option("--ready-file", help="Write 'API_PORT DEVICE_PORT PID' here when ready")
     ] = None,
@@ -110,6 +117,7 @@ def server(
             rollout_remeasure_seconds=rollout_remeasure,
             mqtt_url=mqtt,
             mqtt_device_url=mqtt_device_url,
+            mqtt_provision_devices=mqtt_provision_devices,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

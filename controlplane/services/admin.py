@@ -213,6 +213,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         handle = self.s.presence.session(request.device_id)
         if handle is not None:
             handle.close(reason, revoked=True)
+        if self.s.config.mqtt_provision_devices:
+            from controlplane.mqtt_accounts import BrokerAccountError, BrokerAccounts
+
+            try:  # the broker disconnects it; the bridge drops what a revoked device publishes anyway
+                await BrokerAccounts(self.s.config.mqtt_url).delete_device(request.device_id)
+            except BrokerAccountError as exc:
+                log.error(
+                    "device %s is revoked but its broker account is not deleted (%s): "
+                    "mosquitto_ctrl dynsec deleteClient %s",
+                    request.device_id,
+                    exc,
+                    request.device_id,
+                )
         log.info("device %s revoked by %s", request.device_id, caller.name)
         return self._device(row)
 

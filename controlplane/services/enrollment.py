@@ -3,6 +3,10 @@
 Invariants: a refused enrollment changes nothing (the token stays unused, no
 device row, no certificate recorded); a token is used at most once, enforced
 by the store's conditional update, so two racing devices cannot both join.
+
+With ``mqtt_provision_devices``, the device's broker account (``controlplane.mqtt_accounts``) is created
+before the device row is committed and deleted again if the commit fails: a broker that does not answer
+fails the enrollment (FAILED_PRECONDITION) with no device row and no account.
 """
 
 from __future__ import annotations
@@ -55,6 +59,17 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
             raise AlreadyExistsError(f"device id {request.device_id!r} is taken: choose another --device-id")
         keys = await s.db(s.store.get_publisher_keys, token.publisher_key_ids) if token.publisher_key_ids else {}
         cert_pem, serial, fingerprint = s.ca.sign_device_csr(bytes(request.csr_pem), request.device_id, now)
+        creds = mqtt_credentials(s, token.fleet, request.device_id)
+        accounts = None
+        if s.config.mqtt_provision_devices:
+            from controlplane.mqtt_accounts import RESERVED_PREFIX, BrokerAccounts
+
+            if creds is None:  # ids that cannot be topic levels (the name pattern keeps these out already)
+                raise InvalidRequest(f"device id {request.device_id!r} cannot be an MQTT client id and topic level")
+            if request.device_id.startswith(RESERVED_PREFIX):
+                raise InvalidRequest(f"device ids starting with {RESERVED_PREFIX!r} are the control plane's")
+            accounts = BrokerAccounts(s.config.mqtt_url)
+            creds.password = await accounts.create_device(token.fleet, request.device_id)
         try:
             await s.db(
                 s.store.enroll_device,
@@ -68,8 +83,12 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
                 agent_version=request.facts.agent_version,
                 now=now,
             )
-        except store_errors.Conflict as exc:
-            raise Unauthenticated("this join string was already used: ask the operator for a new one") from exc
+        except BaseException as exc:
+            if accounts is not None:  # nothing half-created: the device is not enrolled, so neither is its account
+                await accounts.delete_device(request.device_id, quiet=True)
+            if isinstance(exc, store_errors.Conflict):
+                raise Unauthenticated("this join string was already used: ask the operator for a new one") from exc
+            raise
         log.info("enrolled device %s in fleet %s", request.device_id, token.fleet)
         return enrollment_pb2.EnrollResponse(
             device_id=request.device_id,
@@ -82,13 +101,13 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
             trusted_publisher_keys=[bytes.fromhex(keys[k].public_key) for k in token.publisher_key_ids if k in keys],
             heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
             labels=dict(token.labels),
-            mqtt=mqtt_credentials(s, token.fleet, request.device_id),
+            mqtt=creds,
         )
 
 
 def mqtt_credentials(s: Services, fleet: str, device_id: str) -> enrollment_pb2.MqttCredentials | None:
     """How the device reaches the bridged MQTT broker; None when the server bridges none (or the ids cannot be
-    topic levels). The password stays empty: per-device broker credentials come later."""
+    topic levels). The password is empty here; with ``mqtt_provision_devices`` Enroll fills in the one it created."""
     if not s.config.mqtt_url:
         return None
     try:
