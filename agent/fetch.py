@@ -8,6 +8,8 @@ Invariants:
   ("endless data"), nor keep a download hanging ("slow retrieval"): a chunk
   must arrive within ``stall_seconds`` and, after a grace period, the average
   rate must stay above ``min_bytes_per_second``.
+- ``progress`` (optional) is called with the bytes of the blob on disk so far, a resumed
+  partial file included: once at the start, after each chunk, and with ``size`` at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +73,13 @@ async def fetch_blob(
     directory: Path,
     *,
     policy: FetchPolicy = FetchPolicy(),
+    progress: Callable[[int], None] | None = None,
 ) -> FetchResult:
     """Fetch blob sha256 of exactly size bytes into directory. Raises FetchError."""
     final = directory / sha256
     if final.exists():
+        if progress is not None:
+            progress(size)
         return FetchResult(final, 0, size)
     directory.mkdir(parents=True, exist_ok=True)
     part = directory / f"{sha256}.part"
@@ -82,6 +88,8 @@ async def fetch_blob(
         part.unlink()
         offset = 0
     resumed_from = offset
+    if progress is not None:
+        progress(offset)
     # The hash runs as bytes arrive; on a resume, the partial file is hashed once first.
     digest = await asyncio.to_thread(_sha256_prefix, part) if offset else hashlib.sha256()
     started = time.monotonic()
@@ -123,6 +131,8 @@ async def fetch_blob(
                         )
                         offset += len(data)
                         received += len(data)
+                        if progress is not None:
+                            progress(offset)
                         elapsed = time.monotonic() - started
                         if (
                             elapsed > policy.throughput_grace_seconds

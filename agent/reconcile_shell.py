@@ -11,6 +11,11 @@ One asyncio task (``run``) owns the state. Events come from one queue: desired s
   runs in a worker thread; ``Cancel`` cancels the ticket's task;
 - ``Report``, ``Emit`` call the injected callbacks; ``Cleanup`` prunes the build store.
 
+While a build downloads, the shell also reports progress: the current status (phase DOWNLOADING)
+with ``bytes_downloaded`` (over all the build's files, bytes already on disk from an earlier attempt
+included) and ``bytes_total`` (the manifest's total) set, at most once per ``PROGRESS_INTERVAL_SECONDS``
+and once when every byte is on disk. The pure reconciler knows nothing of it.
+
 Download fetches the signed manifest, checks that it is the one the target names
 (``manifest_sha256`` is the sha256 of the signed ``BundleManifest`` bytes) and, once a
 trusted key's signature checks out, fetches every file by hash with the manifest's size
@@ -45,7 +50,15 @@ import grpc
 from agent import reconcile_events as ev
 from agent.acceptance import run_acceptance
 from agent.fetch import FetchError, FetchResult, fetch_blob
-from agent.reconcile_state import ReconcileState, StateFileError, Target, epoch_timestamp, from_json, to_json
+from agent.reconcile_state import (
+    Phase,
+    ReconcileState,
+    StateFileError,
+    Target,
+    epoch_timestamp,
+    from_json,
+    to_json,
+)
 from agent.reconciler import DEFAULT_CONFIG, ReconcilerConfig, UnexpectedEvent, recover, step
 from agent.serving import Serving
 from agent.staging import MANIFEST_BYTES_FILE, BuildStore, StagingError, write_state
@@ -66,6 +79,7 @@ log = logging.getLogger("edgefleet.agent.reconcile")
 
 STATE_FILE = "reconcile.json"
 MANIFEST_TIMEOUT_SECONDS = 30.0
+PROGRESS_INTERVAL_SECONDS = 1.0
 
 
 class ArtifactSource(Protocol):
@@ -73,7 +87,11 @@ class ArtifactSource(Protocol):
 
     async def fetch_manifest(self, ref: common_pb2.ModelRef) -> bytes: ...
 
-    async def fetch_blob(self, sha256: str, size: int, directory: Path) -> FetchResult: ...
+    async def fetch_blob(
+        self, sha256: str, size: int, directory: Path, *, progress: Callable[[int], None] | None = None
+    ) -> FetchResult:
+        """``progress``, if given, is called with the blob's bytes on disk so far (see ``agent.fetch``)."""
+        ...
 
 
 class GatewaySource:
@@ -93,8 +111,10 @@ class GatewaySource:
             raise FetchError(f"manifest of {ref.name} v{ref.version}: {exc.details()}", retryable=retryable) from exc
         return response.signed_manifest
 
-    async def fetch_blob(self, sha256: str, size: int, directory: Path) -> FetchResult:
-        return await fetch_blob(self.stub, sha256, size, directory)
+    async def fetch_blob(
+        self, sha256: str, size: int, directory: Path, *, progress: Callable[[int], None] | None = None
+    ) -> FetchResult:
+        return await fetch_blob(self.stub, sha256, size, directory, progress=progress)
 
 
 def _ref(target: Target) -> common_pb2.ModelRef:
@@ -140,6 +160,8 @@ class ReconcileShell:
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._tick_at: float | None = None
+        self._progress_sent_at: float | None = None  # monotonic time of this download's last progress report
+        self._progress_complete = False  # this download's 100% report is sent
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -287,12 +309,42 @@ class ReconcileShell:
         if total > target.max_bytes:
             reason = f"bundle is {total} bytes, over the desired state's max_bytes of {target.max_bytes}"
             return ev.DownloadFailed(action.ticket, reason, retryable=False)
+        self._progress_sent_at, self._progress_complete = None, False
+        done = 0  # bytes of the files already fetched
         for file in manifest.files:
             try:
-                await self.source.fetch_blob(file.sha256, file.size_bytes, self.store.blobs)
+                await self.source.fetch_blob(
+                    file.sha256,
+                    file.size_bytes,
+                    self.store.blobs,
+                    progress=lambda n, before=done: self._report_progress(before + n, total),
+                )
             except FetchError as exc:
                 return ev.DownloadFailed(action.ticket, f"{file.path}: {exc}", exc.retryable)
+            done += file.size_bytes
+        self._report_progress(total, total)  # the 100% report, even for a build with nothing to fetch
         return ev.DownloadSucceeded(action.ticket)
+
+    def _report_progress(self, downloaded: int, total: int) -> None:
+        """Report the current status with the byte counters set: at most once per ``PROGRESS_INTERVAL_SECONDS``,
+        and once at 100%."""
+        if self.state.phase is not Phase.DOWNLOADING:
+            return
+        now = self.monotonic()
+        complete = downloaded >= total
+        if self._progress_complete:
+            return
+        if (
+            not complete
+            and self._progress_sent_at is not None
+            and now - self._progress_sent_at < PROGRESS_INTERVAL_SECONDS
+        ):
+            return
+        self._progress_sent_at, self._progress_complete = now, complete
+        report = ev.Report.of(self.state).to_proto()
+        report.bytes_downloaded = min(downloaded, total)
+        report.bytes_total = total
+        self.report(report)
 
     def _verified_manifest(self, target: Target) -> tuple[bytes, bundle_pb2.BundleManifest]:
         """The target's signed manifest bytes and manifest, every check passed. Raises ``VerifyError``."""

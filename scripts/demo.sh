@@ -23,9 +23,9 @@ NLU=snips-nlu-student
 NEW_VERSION=2   # the rollout's version: the committed NLU builds (version 1) re-versioned
 
 if [ "${DEMO_FAST:-0}" = 1 ]; then
-  BENCHMARK_RUNS=10 BAKE=3s MIN_REQUESTS=30 RATE=2
+  BENCHMARK_RUNS=10 BAKE=3s MIN_REQUESTS=60 RATE=2
 else
-  BENCHMARK_RUNS=50 BAKE=10s MIN_REQUESTS=40 RATE=2
+  BENCHMARK_RUNS=50 BAKE=10s MIN_REQUESTS=80 RATE=2
 fi
 
 # Six devices on one machine, two per class. Each limits itself to look like its class: threads per
@@ -201,12 +201,13 @@ TOML
   case "$plan" in
     start)
       echo "roll out $NLU:$NEW_VERSION in waves:"
-      # Six agents, a traffic driver and the control plane share this machine's cores: a 3x p95
-      # ratio (and the default 1 ms slack) keeps scheduling noise from passing for a regression.
+      # Six agents, a traffic driver and the control plane share this machine's cores, and a p95 over
+      # a few dozen requests is close to their maximum: a 10x ratio keeps one scheduling hiccup from
+      # passing for a regression (the rollout tests show a real one caught at the default 1.5x).
       echo "\$ edgefleet rollouts start $NLU:$NEW_VERSION --fleet $FLEET --waves 34,67,100 --bake $BAKE" \
-        "--min-requests $MIN_REQUESTS --max-latency-ratio 3"
+        "--min-requests $MIN_REQUESTS --max-latency-ratio 10"
       rollout=$("$EF" rollouts start "$NLU:$NEW_VERSION" --fleet "$FLEET" --waves 34,67,100 --bake "$BAKE" \
-        --min-requests "$MIN_REQUESTS" --max-latency-ratio 3 --json | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["rollout_id"])')
+        --min-requests "$MIN_REQUESTS" --max-latency-ratio 10 --json | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["rollout_id"])')
       ;;
     active*)
       rollout=${plan#active }

@@ -1,18 +1,26 @@
-"""`edgefleet devices`: list, show and revoke enrolled devices."""
+"""`edgefleet devices`: list, show (or watch) and revoke enrolled devices."""
 
 from __future__ import annotations
 
+import json as jsonlib
+import sys
+import time
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
 
 from controlplane.cli import output
 from controlplane.cli.connection import RPC_TIMEOUT_SECONDS, admin, resolve
+from controlplane.cli.errors import CliError
 from controlplane.cli.options import CaOpt, JsonOpt, ServerOpt, TokenOpt
 from controlplane.cli.telemetry import model_ref
 from protos.edgefleet.v1 import admin_pb2, agent_pb2
 
 app = typer.Typer(help="Enrolled devices: list, inspect, revoke.", no_args_is_help=True)
+
+MIN_WATCH_INTERVAL = 0.2
+_SETTLED = (agent_pb2.IDLE, agent_pb2.COMMITTED, agent_pb2.FAILED)
 
 
 @app.command("list")
@@ -68,6 +76,11 @@ def list_devices(
 @app.command("show")
 def show(
     device_id: Annotated[str, typer.Argument(help="Device id")],
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", "-w", help="Follow the reconcile phase and download progress (Ctrl-C to stop)"),
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch")] = 1.0,
     json: JsonOpt = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -75,9 +88,20 @@ def show(
 ) -> None:
     """Show one device: identity, state, facts.
 
-    Example: edgefleet devices show gw-001
+    While the device downloads a build, the reconcile row shows the progress
+    ("downloading 12.3 of 40.0 MiB (31%), generation 4"). With --watch a progress bar follows the
+    phase and the download until the device has settled (idle, committed or failed) on its desired
+    generation; with --json too, each refresh is one JSON object on its own line.
+
+    Example: edgefleet devices show gw-001 --watch
     """
-    with admin(resolve(server, token, ca)) as (stub, meta):
+    if watch and not interval >= MIN_WATCH_INTERVAL:
+        raise CliError(f"--interval must be at least {MIN_WATCH_INTERVAL} seconds")
+    conn = resolve(server, token, ca)
+    if watch:
+        _watch(conn, device_id, interval, json)
+        return
+    with admin(conn) as (stub, meta):
         d = stub.GetDevice(admin_pb2.GetDeviceRequest(device_id=device_id), metadata=meta, timeout=RPC_TIMEOUT_SECONDS)
     if json:
         output.emit_json(d)
@@ -115,11 +139,81 @@ def show(
 
 
 def _reconcile(d: admin_pb2.Device) -> str:
-    """'committed, generation 4', with the failure reason if any; '-' before the first status report."""
+    """'committed, generation 4', with the failure reason if any, or 'downloading 12.3 of 40.0 MiB (31%),
+    generation 4' while a download reports progress; '-' before the first status report."""
     if not d.HasField("status"):
         return "-"
-    text = f"{agent_pb2.ReconcilePhase.Name(d.status.phase).lower()}, generation {d.status.generation}"
+    text = f"{_phase(d.status)}, generation {d.status.generation}"
     return f"{text}: {d.status.failure_reason}" if d.status.failure_reason else text
+
+
+def _phase(status: agent_pb2.StatusReport) -> str:
+    """The phase in lower case; while downloading with progress, 'downloading 12.3 of 40.0 MiB (31%)'."""
+    phase = agent_pb2.ReconcilePhase.Name(status.phase).lower()
+    if status.phase != agent_pb2.DOWNLOADING or not status.bytes_total:
+        return phase
+    done = min(status.bytes_downloaded, status.bytes_total)
+    mib = 2**20
+    percent = round(100 * done / status.bytes_total)
+    percent = min(percent, 99) if done < status.bytes_total else percent  # 100% only when complete
+    return f"downloading {done / mib:.1f} of {status.bytes_total / mib:.1f} MiB ({percent}%)"
+
+
+def _settled(d: admin_pb2.Device) -> bool:
+    """The device reported a settled phase for (at least) its desired generation."""
+    return d.HasField("status") and d.status.phase in _SETTLED and d.status.generation >= d.desired_generation
+
+
+def _watch(conn, device_id: str, interval: float, json: bool) -> None:
+    """Poll the device until it settles (see ``_settled``) or Ctrl-C; a progress bar on a terminal, else a
+    line per change (or a JSON object per refresh with --json)."""
+    request = admin_pb2.GetDeviceRequest(device_id=device_id)
+    console = output.stdout()
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(binary_units=True),
+        console=console,
+        disable=json or not console.is_terminal,
+    )
+    task = bar.add_task(device_id, total=None)
+    last_line = ""
+    try:
+        with admin(conn) as (stub, meta), bar:
+            while True:
+                d = stub.GetDevice(request, metadata=meta, timeout=RPC_TIMEOUT_SECONDS)
+                line = f"{d.device_id}: {_reconcile(d)}"
+                if json:
+                    sys.stdout.write(jsonlib.dumps(output.message_dict(d), sort_keys=True) + "\n")
+                    sys.stdout.flush()
+                elif bar.disable:
+                    if line != last_line:
+                        console.print(line, highlight=False)
+                else:
+                    _update_bar(bar, task, d)
+                last_line = line
+                if _settled(d):
+                    break
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        # Stopping the watch leaves the device working: not an error.
+        sys.stderr.write("\n")
+        return
+    if not json and not bar.disable:
+        console.print(last_line, highlight=False)
+
+
+def _update_bar(bar: Progress, task, d: admin_pb2.Device) -> None:
+    status = d.status
+    phase = agent_pb2.ReconcilePhase.Name(status.phase).lower() if d.HasField("status") else "no status yet"
+    description = f"{d.device_id} {phase}, generation {status.generation}"
+    if status.phase == agent_pb2.DOWNLOADING and status.bytes_total:
+        bar.update(task, description=description, completed=status.bytes_downloaded, total=status.bytes_total)
+    elif _settled(d):
+        bar.update(task, description=description, completed=1, total=1)
+    else:
+        bar.update(task, description=description, completed=0, total=None)
 
 
 _ML_FLAGS = {

@@ -31,6 +31,7 @@ MAX_SINCE_SECONDS = 30 * 86400
 DEFAULT_EVENT_LIMIT = 100
 MAX_EVENT_LIMIT = 1000
 MAX_ACTIVE_MODELS = 64
+MAX_STATUS_BYTES = 2**63 - 1  # the store's BIGINT
 LATENCY_GROUPS = ("", "variant", "version", "class", "device")  # what QueryLatency.by accepts
 
 
@@ -59,6 +60,8 @@ async def record_status(s: Services, device_id: str, report: agent_pb2.StatusRep
         raise InvalidRequest(f"status report lists {len(report.active)} active models, at most {MAX_ACTIVE_MODELS}")
     if len(report.failure_reason) > 2048:
         raise InvalidRequest("status report failure_reason is longer than 2048 characters")
+    if report.bytes_downloaded > MAX_STATUS_BYTES or report.bytes_total > MAX_STATUS_BYTES:
+        raise InvalidRequest(f"status report byte counters must be at most {MAX_STATUS_BYTES}")
     await s.db(
         s.store.record_status,
         device_id,
@@ -69,6 +72,8 @@ async def record_status(s: Services, device_id: str, report: agent_pb2.StatusRep
         failure_reason=report.failure_reason,
         active=[json_format.MessageToDict(a, preserving_proto_field_name=True) for a in report.active],
         now=s.clock(),
+        bytes_downloaded=report.bytes_downloaded,
+        bytes_total=report.bytes_total,
     )
 
 
@@ -78,7 +83,12 @@ def status_message(row: DeviceStatusRow) -> tuple[agent_pb2.StatusReport, list[a
     phases = agent_pb2.ReconcilePhase
     phase = phases.Value(row.phase) if row.phase in phases.DESCRIPTOR.values_by_name else 0
     report = agent_pb2.StatusReport(
-        generation=row.generation, phase=phase, failure_reason=row.failure_reason, active=active
+        generation=row.generation,
+        phase=phase,
+        failure_reason=row.failure_reason,
+        active=active,
+        bytes_downloaded=row.bytes_downloaded,
+        bytes_total=row.bytes_total,
     )
     return report, active
 

@@ -172,6 +172,8 @@ class DeviceStatusRow:
     failure_reason: str
     active: list[dict[str, Any]]
     updated_at: datetime
+    bytes_downloaded: int = 0  # download progress while phase is DOWNLOADING; 0 otherwise
+    bytes_total: int = 0
 
 
 @dataclass(frozen=True)

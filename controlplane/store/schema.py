@@ -286,8 +286,8 @@ class DeviceEvent(Base):
 
 
 class DeviceStatus(Base):
-    """The last StatusReport of a device: reconcile generation and phase, and what it runs (``active``,
-    ActiveModel messages as JSON dicts)."""
+    """The last StatusReport of a device: reconcile generation and phase, what it runs (``active``,
+    ActiveModel messages as JSON dicts) and the progress of a download in flight."""
 
     __tablename__ = "device_status"
 
@@ -297,6 +297,9 @@ class DeviceStatus(Base):
     failure_reason: Mapped[str] = mapped_column(Text, nullable=False)
     active: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Download progress of the build in flight (0 when none): bytes on the device, and the manifest's total.
+    bytes_downloaded: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    bytes_total: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
 
 
 class DeviceClass(Base):

@@ -305,8 +305,10 @@ class TelemetryStore:
         failure_reason: str,
         active: list[dict[str, Any]],
         now: datetime,
+        bytes_downloaded: int = 0,
+        bytes_total: int = 0,
     ) -> None:
-        """Replace the device's last status report.
+        """Replace the device's last status report (with its download progress, 0 when none).
 
         Raises:
             ValueError: naive ``now``.
@@ -319,6 +321,8 @@ class TelemetryStore:
             "failure_reason": failure_reason,
             "active": list(active),
             "updated_at": now,
+            "bytes_downloaded": bytes_downloaded,
+            "bytes_total": bytes_total,
         }
         with self._transaction(write=True) as conn:
             if queries.device(conn, device_id) is None:

@@ -106,3 +106,16 @@ def test_short_stream_leaves_a_partial_to_resume(tmp_path):
     with pytest.raises(FetchError, match="ended at 4096"):
         _fetch(FakeCall(_chunks(DATA)[:1]), tmp_path)
     assert (tmp_path / f"{SHA}.part").stat().st_size == 4096
+
+
+def test_progress_counts_the_bytes_on_disk_a_resumed_part_included(tmp_path):
+    """progress gets the blob's bytes on disk: the resumed partial first, then after each chunk, up to size."""
+    (tmp_path / f"{SHA}.part").write_bytes(DATA[:8192])
+    seen: list[int] = []
+    call = FakeCall(_chunks(DATA[8192:], start=8192))
+    result = asyncio.run(fetch_blob(FakeStub(call), SHA, SIZE, tmp_path, progress=seen.append))
+    assert result.resumed_from == 8192 and result.path.read_bytes() == DATA
+    assert seen == [8192, 12288, SIZE]
+    again: list[int] = []
+    asyncio.run(fetch_blob(FakeStub(FakeCall([])), SHA, SIZE, tmp_path, progress=again.append))
+    assert again == [SIZE]  # already whole: 100% at once

@@ -27,7 +27,7 @@ from agent.reconciler import ReconcilerConfig
 from agent.serving import Serving
 from protos.bundle_io import read_bundle_dir
 from protos.bundles import key_id, raw_public_key, sign_manifest
-from protos.edgefleet.v1 import agent_pb2, common_pb2
+from protos.edgefleet.v1 import agent_pb2, bundle_pb2, common_pb2
 from tests.bundles import GOLDEN_INPUT, golden_case, make_bundle_dir
 
 TASK = "generic"
@@ -59,18 +59,34 @@ class FakeSource:
     blob_calls: int = 0
     hang_blobs: bool = False
     on_manifest: list = field(default_factory=list)  # callables run at each fetch_manifest
+    # Progress simulation: blobs arrive in chunks of chunk_bytes, each advancing clock[0] by chunk_seconds;
+    # on_disk[sha] bytes of a blob are already on disk (a resumed download).
+    chunk_bytes: int = 0
+    chunk_seconds: float = 0.0
+    clock: list[float] = field(default_factory=lambda: [0.0])
+    on_disk: dict[str, int] = field(default_factory=dict)
+    progress_calls: int = 0
 
     async def fetch_manifest(self, ref: common_pb2.ModelRef) -> bytes:
         for hook in self.on_manifest:
             hook()
         return self.manifests[ref.manifest_sha256]
 
-    async def fetch_blob(self, sha256: str, size: int, directory: Path) -> FetchResult:
+    async def fetch_blob(self, sha256: str, size: int, directory: Path, *, progress=None) -> FetchResult:
         self.blob_calls += 1
         if self.hang_blobs:
             await asyncio.Event().wait()
         if self.blob_faults:
             raise self.blob_faults.pop(0)
+        if progress is not None:
+            offset = self.on_disk.get(sha256, 0)
+            while True:
+                progress(offset)
+                self.progress_calls += 1
+                if offset >= size:
+                    break
+                self.clock[0] += self.chunk_seconds
+                offset = min(size, offset + (self.chunk_bytes or size))
         directory.mkdir(parents=True, exist_ok=True)
         (directory / sha256).write_bytes(self.blobs[sha256][:size])
         return FetchResult(directory / sha256, size, 0)
@@ -109,7 +125,9 @@ class FakeSource:
 class Device:
     """One agent process: a shell over ``data_dir`` with a real Serving, recording reports and events."""
 
-    def __init__(self, data_dir: Path, source: FakeSource, *, facts=None, acceptance=run_acceptance) -> None:
+    def __init__(
+        self, data_dir: Path, source: FakeSource, *, facts=None, acceptance=run_acceptance, monotonic=None
+    ) -> None:
         self.serving = Serving(data_dir, threads=1)
         self.serving.restore()
         self.reports: list[agent_pb2.StatusReport] = []
@@ -124,6 +142,7 @@ class Device:
             report=self.reports.append,
             emit=self.events.append,
             config=CONFIG,
+            **({} if monotonic is None else {"monotonic": monotonic}),
         )
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self.shell.run(self.stop))
@@ -175,6 +194,41 @@ def test_happy_path_activates_the_build_and_it_answers(tmp_path):
     assert device.reports[-1].active[0].model.version == 1
     state = json.loads((tmp_path / "data" / STATE_FILE).read_text())
     assert state["phase"] == "COMMITTED"
+
+
+def test_download_progress_is_reported_rate_limited_up_to_100_percent(tmp_path):
+    """While a build downloads, the shell reports DOWNLOADING with the bytes on disk over all the build's
+    files (a resumed file's bytes included) against the manifest's total: at most once a second, and
+    once at 100%."""
+
+    async def scenario():
+        source = FakeSource(chunk_bytes=16, chunk_seconds=0.3)
+        device = Device(tmp_path / "data", source, monotonic=lambda: source.clock[0])
+        model = source.publish(tmp_path, 1)
+        manifest = bundle_pb2.BundleManifest.FromString(
+            bundle_pb2.SignedManifest.FromString(source.manifests[model.model.manifest_sha256]).manifest
+        )
+        first = manifest.files[0]
+        source.on_disk[first.sha256] = first.size_bytes // 2  # half of it survived an earlier attempt
+        phase = await device.deploy(1, model)
+        await device.close()
+        return device, source, phase, sum(f.size_bytes for f in manifest.files), first.size_bytes // 2
+
+    device, source, phase, total, resumed = asyncio.run(scenario())
+    assert phase is Phase.COMMITTED
+    progress = [r for r in device.reports if r.bytes_total]
+    assert all(r.phase == agent_pb2.DOWNLOADING and r.generation == 1 for r in progress)
+    assert all(r.bytes_total == total for r in progress)
+    downloaded = [r.bytes_downloaded for r in progress]
+    assert downloaded[0] == resumed  # the first report counts the bytes already on disk
+    assert downloaded == sorted(downloaded) and downloaded[-1] == total
+    assert downloaded.count(total) == 1  # 100% once
+    # Rate-limited: each chunk takes 0.3 s, a report goes out at most once a second (plus the 100% one).
+    elapsed = source.clock[0]
+    assert 2 <= len(progress) <= elapsed / 1.0 + 2 < source.progress_calls
+    # The reports after the download carry no byte counters.
+    after = device.reports[device.reports.index(progress[-1]) + 1 :]
+    assert after and all(r.bytes_total == 0 and r.phase != agent_pb2.DOWNLOADING for r in after)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from controlplane.store.schema import Base, OperatorToken
 from .sample import T0, device
 
 OPENERS = 4
-HEAD = "0007_rollouts"
+HEAD = "0008_download_progress"
 
 
 @pytest.fixture

@@ -141,6 +141,29 @@ def test_health_shows_the_newest_sample_and_the_last_status(store: Store) -> Non
     assert store.device_statuses(["dev-1", "dev-2"])["dev-1"].phase == "FAILED"
 
 
+def test_status_keeps_the_download_progress(store: Store) -> None:
+    """The byte counters of a DOWNLOADING report round-trip; a later report without them reads 0."""
+    device(store, "dev-1")
+    big = 5 * 2**32  # over 32 bits: BIGINT on both databases
+    store.record_status(
+        "dev-1",
+        generation=4,
+        phase="DOWNLOADING",
+        failure_reason="",
+        active=[],
+        now=T0,
+        bytes_downloaded=big // 3,
+        bytes_total=big,
+    )
+    row = store.device_statuses(["dev-1"])["dev-1"]
+    assert (row.phase, row.bytes_downloaded, row.bytes_total) == ("DOWNLOADING", big // 3, big)
+    [health] = store.health("lab")
+    assert health.status is not None and health.status.bytes_total == big
+    store.record_status("dev-1", generation=4, phase="VERIFYING", failure_reason="", active=[], now=T0)
+    row = store.device_statuses(["dev-1"])["dev-1"]
+    assert (row.phase, row.bytes_downloaded, row.bytes_total) == ("VERIFYING", 0, 0)
+
+
 def test_events_are_the_newest_ones_oldest_first(store: Store) -> None:
     device(store, "dev-1")
     for sequence in (1, 2, 3):
