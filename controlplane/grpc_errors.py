@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from controlplane import blobs, errors, rollout
+from controlplane import blobs, errors, mqtt_accounts, rollout
 from controlplane.store import errors as store_errors
 from protos.bundles import BundleError
 
@@ -35,6 +35,7 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     blobs.BlobStalled: grpc.StatusCode.DEADLINE_EXCEEDED,
     BundleError: grpc.StatusCode.INVALID_ARGUMENT,
     rollout.RolloutError: grpc.StatusCode.FAILED_PRECONDITION,
+    mqtt_accounts.BrokerAccountError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 # Errors raised on purpose, whose messages are meant for the caller.
