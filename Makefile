@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv test test-fast lint protos demo demo-stop bench bench-session bench-selection bench-rollout models clean
+.PHONY: venv test test-fast lint protos demo demo-stop bench bench-session bench-selection bench-rollout bench-mqtt models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-selection: venv ## chosen variant per simulated device class vs always-fp3
 
 bench-rollout: venv ## 500 agents: waves 1,10,50,100 of a good version, then a regression rolled back
 	$(PY) scripts/bench/rollout.py
+
+bench-mqtt: venv    ## 100 devices' telemetry through Mosquitto into the store vs raw paho publish vs gRPC (needs mosquitto)
+	$(PY) scripts/bench/mqtt_ingest.py
 
 bench: venv         ## every benchmark under scripts/bench/ → summary table in docs/PERFORMANCE.md (BENCH_ARGS=--quick)
 	$(PY) scripts/bench/report.py run $(BENCH_ARGS)

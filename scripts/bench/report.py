@@ -1,6 +1,6 @@
 """Run every benchmark under ``scripts/bench/`` and write the summary table in docs/PERFORMANCE.md.
 
-``report.py run`` runs the five benchmarks one after another (the machine has 2 cores: running them side
+``report.py run`` runs the six benchmarks one after another (the machine has 2 cores: running them side
 by side would measure each other), each with ``--json-out`` into the results directory (default
 ``.edgefleet/bench/``), and records next to each result how it was run (``<name>.run.json``: the
 command, the mode, the exit status, when, and the machine's core count and CPU model). It then does
@@ -15,9 +15,9 @@ benchmark's previous result before running it. A result file that is not JSON, o
 table needs, stops ``write`` with an error naming the file and the field, and the document is not
 touched.
 
-``--quick`` passes each script's quick or smaller option (session and rollout: ``--quick``; serving,
-artifact, selection: fewer calls, a smaller blob, fewer timed runs); the block's first line says which
-mode produced the numbers.
+``--quick`` passes each script's quick or smaller option (session, rollout and mqtt_ingest: ``--quick``;
+serving, artifact, selection: fewer calls, a smaller blob, fewer timed runs); the block's first line says
+which mode produced the numbers.
 
 Rerun (from the repository root)::
 
@@ -288,6 +288,46 @@ def rollout_rows(r: Any) -> list[tuple[str, str, str]]:
     return rows
 
 
+def mqtt_ingest_rows(r: Any) -> list[tuple[str, str, str]]:
+    devices = int(number(r, "params.devices"))
+    raw, mqtt, grpc = (number(r, f"{phase}.points_per_second") for phase in ("raw", "mqtt", "grpc"))
+    shape = f"{int(number(r, 'params.points_per_batch'))} points per batch, window {int(number(r, 'params.window'))}"
+
+    def stored(phase: str) -> str:
+        ok = field(r, f"{phase}.stored_once") is True
+        return f"{int(number(r, f'{phase}.stored_points')):,} / {int(number(r, 'params.points_per_phase')):,} " + (
+            "stored once" if ok else "stored: **FAIL**"
+        )
+
+    def cpu(phase: str) -> str:
+        value = field(r, f"{phase}.server_cpu_seconds_per_1000_points")
+        return "n/a" if value is None else f"{number(r, f'{phase}.server_cpu_seconds_per_1000_points'):.2f} s"
+
+    return [
+        (
+            f"mqtt: telemetry points stored per second via Mosquitto ({devices} devices)",
+            f"{mqtt:,.0f}",
+            f"raw paho QoS 1 through the same broker {raw:,.0f} → {mqtt / raw:.1%} (goal ≥ 50%): "
+            f"{met(mqtt / raw >= 0.5)}; {shape}; {stored('mqtt')}"
+            if raw
+            else "no raw rate",
+        ),
+        (
+            f"mqtt: the same points over the gRPC session stream ({devices} devices)",
+            f"{grpc:,.0f}",
+            f"MQTT ingest {mqtt:,.0f} → MQTT is {mqtt / grpc:.0%} of gRPC; {stored('grpc')}"
+            if grpc
+            else "no gRPC rate",
+        ),
+        (
+            "mqtt: control-plane CPU per 1,000 points, MQTT / gRPC",
+            f"{cpu('mqtt')} / {cpu('grpc')}",
+            f"ack latency p50 MQTT {number(r, 'mqtt.ack_latency_p50_ms'):.0f} ms, "
+            f"gRPC {number(r, 'grpc.ack_latency_p50_ms'):.0f} ms (send → ack, window included)",
+        ),
+    ]
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -301,6 +341,7 @@ BENCHMARKS = (
     Bench("artifact", ("--mib", "50", "--rounds", "3"), artifact_rows),
     Bench("selection", ("--runs", "100"), selection_rows),
     Bench("rollout", ("--quick",), rollout_rows),
+    Bench("mqtt_ingest", ("--quick",), mqtt_ingest_rows),
 )
 
 

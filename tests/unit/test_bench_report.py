@@ -112,7 +112,33 @@ ROLLOUT = {
         },
     },
 }
-RESULTS = {"session": SESSION, "serving": SERVING, "artifact": ARTIFACT, "selection": SELECTION, "rollout": ROLLOUT}
+MQTT_INGEST = {
+    "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "python": "3.11.7"},
+    "params": {"devices": 100, "workers": 2, "points_per_batch": 20, "window": 4, "points_per_phase": 40000},
+    "raw": {"points_per_second": 100000.0},
+    "mqtt": {
+        "points_per_second": 1500.0,
+        "server_cpu_seconds_per_1000_points": 0.45,
+        "ack_latency_p50_ms": 250.0,
+        "stored_points": 40000,
+        "stored_once": True,
+    },
+    "grpc": {
+        "points_per_second": 2000.0,
+        "server_cpu_seconds_per_1000_points": 0.4,
+        "ack_latency_p50_ms": 180.0,
+        "stored_points": 39980,
+        "stored_once": False,
+    },
+}
+RESULTS = {
+    "session": SESSION,
+    "serving": SERVING,
+    "artifact": ARTIFACT,
+    "selection": SELECTION,
+    "rollout": ROLLOUT,
+    "mqtt_ingest": MQTT_INGEST,
+}
 
 DOC = """# Performance
 
@@ -314,3 +340,20 @@ def test_write_rewrites_only_the_block(tmp_path: Path) -> None:
     twice = doc.read_text()
     assert "| artifact | not run |" in twice and "526 MiB/s" not in twice
     assert twice.split(START)[0] == once.split(START)[0] and twice.split(END)[1] == once.split(END)[1]
+
+
+def test_mqtt_ingest_rows_compare_with_raw_and_grpc(tmp_path: Path) -> None:
+    fill(tmp_path)
+    by_metric = {r[0]: r for r in table_rows(build_block(tmp_path))}
+    mqtt = by_metric["mqtt: telemetry points stored per second via Mosquitto (100 devices)"]
+    assert (
+        mqtt[1] == "1,500"
+        and "raw paho QoS 1 through the same broker 100,000 → 1.5% (goal ≥ 50%): **not met**" in mqtt[2]
+    )
+    assert "40,000 / 40,000 stored once" in mqtt[2]
+    grpc = by_metric["mqtt: the same points over the gRPC session stream (100 devices)"]
+    assert grpc[1] == "2,000" and "MQTT is 75% of gRPC" in grpc[2] and "39,980 / 40,000 stored: **FAIL**" in grpc[2]
+    assert by_metric["mqtt: control-plane CPU per 1,000 points, MQTT / gRPC"][1] == "0.45 s / 0.40 s"
+    (tmp_path / "mqtt_ingest.json").write_text(json.dumps({**MQTT_INGEST, "raw": {"points_per_second": 2000.0}}))
+    mqtt = [r for r in table_rows(build_block(tmp_path)) if r[0].startswith("mqtt: telemetry")][0]
+    assert "→ 75.0% (goal ≥ 50%): met" in mqtt[2]

@@ -1,0 +1,1079 @@
+"""MQTT ingest benchmark: telemetry points stored per second through Mosquitto, vs the broker's raw rate, vs gRPC.
+
+What runs. A private Mosquitto (``mosquitto -c``, a free port on 127.0.0.1, anonymous, no persistence,
+``max_queued_messages 100000``) and a control plane as its own process (``edgefleet server --mqtt
+mqtt://127.0.0.1:<port>``, SQLite in a temp dir) start. N devices (default 100) enroll for real
+(``agent.enroll.enroll``, one single-use join token each) in a few worker processes; each worker then
+plays its devices in three phases, one after another, each started at one "go" from the parent:
+
+(a) raw: every device is a paho-mqtt 2 client (MQTT 5) that publishes its batches, QoS 1, as fast as
+    paho lets it (paho's default of 20 QoS 1 messages in flight per client), ``--raw-rounds`` times over
+    (default 20: the broker is fast enough that one round is over too soon to time well), to
+    ``bench-raw/<fleet>/<device>/up/telemetry``; one paho client in the parent, subscribed QoS 1 to
+    ``bench-raw/#`` (as the bridge subscribes to ``edgefleet/v1/+/+/up/#``), counts what arrives. Nothing
+    stores or answers: this is the broker's and paho's ceiling on this machine for these payloads.
+(b) MQTT ingest: the same clients subscribe to their ``down/#``, publish ``up/presence`` online and
+    ``up/hello`` (again every 2 s until a Welcome), then publish the same bytes to
+    ``edgefleet/v1/<fleet>/<device>/up/telemetry``, keeping at most ``--window`` batches unacked: each
+    ``down/telemetry_ack`` (sent once the batch is stored) lets the next batch go. The bridge
+    (``controlplane/mqtt_bridge.py``) parses, stores (``telemetry.ingest``) and acks each one.
+(c) gRPC: the same devices open the mutual-TLS session stream (``AgentGateway.Session``, Hello then
+    Welcome, as ``tests/integration/test_telemetry.py`` does), and write the same batches with the same
+    window, counting ``telemetry_ack`` messages.
+
+A telemetry point is one ``ModelMinute`` in a ``TelemetryBatch`` (one model's aggregate for one minute:
+request count, latency histogram, confidence). Each batch holds ``--minutes`` minutes (default 5) of
+``--models`` models (default 4): 20 points, 10 requests each (10 latency samples in the histogram). Each
+device sends ``--batches`` batches (default 20) per phase: 100 x 20 x 20 = 40,000 points per phase.
+Payloads: (a) and (b) publish byte-identical ``AgentMessage(telemetry=...)`` payloads; (c) sends the
+same batches with another boot id and minutes shifted by the phase (same sizes), so that each phase
+writes new (device, minute, model) rows in the store instead of merging into (b)'s rows.
+
+Printed, a table on stdout then one JSON line (also written to ``--json-out``):
+
+- points/s for each phase: points / (last ack, or last message received for (a), minus "go");
+- MQTT ingest as a % of raw (goal >= 50%: met / not met), and gRPC as a % of raw;
+- control-plane CPU (utime+stime of the server process, all threads, from /proc) per 1,000 points
+  for (b) and (c), and the broker's CPU over each phase;
+- batch ack latency p50 / p95 for (b) and (c): send to ack, so it includes queueing behind the window;
+- the stored check: ``Admin.QueryLatency`` request totals per model, read before and after (b) and (c),
+  must grow by exactly points x 10 (every point stored once), with no duplicate acks;
+- control-plane RSS at idle and at the end, worker CPU, server log lines at --log-level warning.
+
+The machine is small and shared: the broker, the control plane, the agent workers and the raw
+subscriber compete for the same cores, so the numbers are what this machine did, not a capacity claim.
+
+Rerun (from the repository root):
+
+    .venv/bin/python scripts/bench/mqtt_ingest.py                 # 100 devices, 20 batches each per phase
+    .venv/bin/python scripts/bench/mqtt_ingest.py --quick         # 20 devices, 10 batches each
+    .venv/bin/python scripts/bench/mqtt_ingest.py --devices 200 --batches 50 --json-out out.json
+
+Exit status: 0 when every phase completed and every point was stored exactly once; 1 when a phase fell
+short (or the totals do not match); 2 if the set-up failed; 130 on Ctrl-C. The broker, the server and the
+workers are stopped and the temp dir removed on every exit, Ctrl-C and SIGTERM included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FLEET = "bench"
+RAW_PREFIX = "bench-raw"
+BOOT_IDS = {"mqtt": "boot-mqtt", "grpc": "boot-grpc"}  # same length: same payload sizes
+PHASE_OFFSET = {"raw": 0, "mqtt": 0, "grpc": 1}  # raw publishes (b)'s bytes
+REQUESTS_PER_POINT = 10
+SAMPLES_MS = [0.8, 1.1, 1.3, 1.6, 1.9, 2.2, 2.6, 3.1, 4.0, 7.5]  # one point's 10 latencies
+SERVER_READY_TIMEOUT_SECONDS = 60.0
+BROKER_READY_TIMEOUT_SECONDS = 15.0
+WORKER_READY_TIMEOUT_SECONDS = 60.0
+RPC_TIMEOUT_SECONDS = 30.0
+WORKER_REPLY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+HELLO_RETRY_SECONDS = 2.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PHASES = ("raw", "mqtt", "grpc")
+
+
+class BenchError(Exception):
+    """The benchmark could not be set up or a process stopped answering."""
+
+
+# --- /proc readers -----------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+# --- payloads ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What each device sends per phase: ``batches`` batches of ``minutes`` minutes x ``models`` models."""
+
+    batches: int
+    minutes: int
+    models: int
+    base_epoch: int  # the start of the minute the newest point is before, epoch seconds
+
+    @property
+    def points_per_batch(self) -> int:
+        return self.minutes * self.models
+
+    @property
+    def minutes_back(self) -> int:
+        """How far back the oldest point of any phase lies, in minutes."""
+        return (max(PHASE_OFFSET.values()) + 1) * self.batches * self.minutes + 1
+
+
+def model_names(models: int) -> list[str]:
+    return [f"bench-model-{i}" for i in range(models)]
+
+
+def make_batch(shape: Shape, device_id: str, phase: str, sequence: int):
+    """Batch ``sequence`` (1-based) of ``device_id`` for ``phase``: each point in its own (minute, model) row."""
+    from protos.edgefleet.v1 import common_pb2, telemetry_pb2
+    from protos.histogram import Histogram
+
+    histogram = Histogram()
+    for ms in SAMPLES_MS:
+        histogram.observe(ms)
+    latency = histogram.to_proto()
+    batch = telemetry_pb2.TelemetryBatch(
+        device_id=device_id, boot_id=BOOT_IDS["mqtt" if phase == "raw" else phase], sequence=sequence
+    )
+    first = PHASE_OFFSET[phase] * shape.batches * shape.minutes + (sequence - 1) * shape.minutes
+    for j in range(shape.minutes):
+        minute = dt.datetime.fromtimestamp(shape.base_epoch - 60 * (first + j + 1), dt.UTC)
+        for name in model_names(shape.models):
+            point = batch.minutes.add(
+                model=common_pb2.ModelRef(name=name, version=1, variant="fp32"),
+                task="bench",
+                requests=REQUESTS_PER_POINT,
+                confidence_sum=0.9 * REQUESTS_PER_POINT,
+            )
+            point.latency.CopyFrom(latency)
+            point.minute.FromDatetime(minute)
+    return batch
+
+
+def make_messages(shape: Shape, device_id: str, phase: str) -> list:
+    from protos.edgefleet.v1 import agent_pb2
+
+    return [
+        agent_pb2.AgentMessage(telemetry=make_batch(shape, device_id, phase, s)) for s in range(1, shape.batches + 1)
+    ]
+
+
+# --- worker process: its share of the devices, in every phase --------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    join_strings: tuple[str, ...]
+    first_device: int
+    data_root: str
+    broker_port: int
+    shape: Shape
+    window: int
+    raw_rounds: int
+    phase_timeout_seconds: float
+
+
+class _WarningCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.samples: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.samples) < 5:
+            self.samples.append(f"{record.name}: {record.getMessage()}")
+
+
+class MqttDevice:
+    """One device's paho client. Raw: publish everything. Ingest: hello, then a window of unacked batches."""
+
+    def __init__(self, device_id: str, port: int, payloads: list[bytes], window: int, *, ingest: bool) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from protos import mqtt
+
+        self.device_id, self.payloads, self.window, self.ingest = device_id, payloads, window, ingest
+        self.lock = threading.Lock()
+        self.connected, self.welcomed, self.done = threading.Event(), threading.Event(), threading.Event()
+        self.next_index = 0
+        self.sent_at: dict[int, float] = {}
+        self.latencies: list[float] = []
+        self.acked = self.duplicates = self.published = 0
+        self.first_send = self.last_ack = 0.0
+        self.errors: list[str] = []
+        if ingest:
+            self.topic = mqtt.up(FLEET, device_id, "telemetry")
+            self.ack_topic = mqtt.down(FLEET, device_id, "telemetry_ack")
+            self.welcome_topic = mqtt.down(FLEET, device_id, "welcome")
+        else:
+            self.topic = f"{RAW_PREFIX}/{FLEET}/{device_id}/up/telemetry"
+            self.ack_topic = self.welcome_topic = ""
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{device_id}-{time.monotonic_ns()}", protocol=paho.MQTTv5
+        )
+        client.max_queued_messages_set(0)  # unlimited: raw publishes everything at once
+        if ingest:
+            client.will_set(mqtt.up(FLEET, device_id, "presence"), mqtt.PRESENCE_OFFLINE, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        self.client = client
+        client.connect("127.0.0.1", port, keepalive=60)
+        client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        from protos import mqtt
+
+        if reason_code.is_failure:
+            self.errors.append(f"connect refused: {reason_code}")
+            return
+        if self.ingest:
+            client.subscribe(mqtt.device_subscription(FLEET, self.device_id), qos=1)
+        self.connected.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # Only paho's thread calls this, holding paho's own locks: taking self.lock here could deadlock
+        # with a thread that holds self.lock and waits in publish() for paho's locks.
+        self.published += 1
+        if not self.ingest and self.published >= len(self.payloads):
+            self.last_ack = time.monotonic()
+            self.done.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            self._receive(message)
+        except Exception as exc:  # noqa: BLE001 - counted; paho's thread must not die
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _receive(self, message) -> None:
+        from protos.edgefleet.v1 import agent_pb2
+
+        if message.topic == self.welcome_topic:
+            self.welcomed.set()
+            return
+        if message.topic != self.ack_topic:
+            return
+        ack = agent_pb2.ControlMessage.FromString(message.payload).telemetry_ack
+        now = time.monotonic()
+        with self.lock:
+            sent = self.sent_at.pop(ack.sequence, None)
+            if sent is None:
+                self.errors.append(f"ack for a batch not in flight: {ack.sequence}")
+                return
+            self.latencies.append(now - sent)
+            self.acked += 1
+            self.duplicates += ack.duplicate
+            self.last_ack = now
+            if self.acked == len(self.payloads):
+                self.done.set()
+            index = self._take_next()
+        if index is not None:
+            self.client.publish(self.topic, self.payloads[index], qos=1)  # outside self.lock
+
+    def _take_next(self) -> int | None:
+        """The index of the next batch to send, marked in flight; None when all are sent (self.lock held)."""
+        if self.next_index >= len(self.payloads):
+            return None
+        index = self.next_index
+        self.next_index += 1
+        self.sent_at[index + 1] = time.monotonic()  # sequences are 1-based
+        return index
+
+    def hello(self) -> None:
+        from protos import mqtt
+        from protos.edgefleet.v1 import agent_pb2
+
+        self.client.publish(mqtt.up(FLEET, self.device_id, "presence"), mqtt.PRESENCE_ONLINE, qos=1, retain=True)
+        hello = agent_pb2.Hello(device_id=self.device_id, boot_id=BOOT_IDS["mqtt"], protocol_version=1)
+        self.client.publish(
+            mqtt.up(FLEET, self.device_id, "hello"), agent_pb2.AgentMessage(hello=hello).SerializeToString(), qos=1
+        )
+
+    def start(self) -> None:
+        """Ingest: publish the first window of batches; each ack then publishes the next."""
+        self.first_send = time.monotonic()
+        for _ in range(self.window):
+            with self.lock:
+                index = self._take_next()
+            if index is None:
+                break
+            self.client.publish(self.topic, self.payloads[index], qos=1)
+
+    def close(self) -> None:
+        from protos import mqtt
+
+        if self.ingest:
+            with contextlib.suppress(Exception):
+                info = self.client.publish(
+                    mqtt.up(FLEET, self.device_id, "presence"), mqtt.PRESENCE_OFFLINE, qos=1, retain=True
+                )
+                info.wait_for_publish(5)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class GrpcDevice:
+    """One device's session stream: Hello, Welcome, then a window of unacked batches."""
+
+    def __init__(self, identity, messages: list, window: int) -> None:
+        self.identity, self.messages, self.window = identity, messages, window
+        self.welcomed = asyncio.Event()
+        self.go = asyncio.Event()
+        self.done = asyncio.Event()
+        self.sent_at: dict[int, float] = {}
+        self.latencies: list[float] = []
+        self.acked = self.duplicates = 0
+        self.first_send = self.last_ack = 0.0
+        self.errors: list[str] = []
+        self.task: asyncio.Task | None = None
+        self.finish = asyncio.Event()
+
+    async def run(self) -> None:
+        from agent.channel import device_channel
+        from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc
+
+        try:
+            async with device_channel(self.identity) as channel:
+                call = agent_pb2_grpc.AgentGatewayStub(channel).Session()
+                hello = agent_pb2.Hello(device_id=self.identity.device_id, boot_id=BOOT_IDS["grpc"], protocol_version=1)
+                await call.write(agent_pb2.AgentMessage(hello=hello))
+                credit = asyncio.Semaphore(self.window)
+
+                async def read() -> None:
+                    async for message in call:
+                        kind = message.WhichOneof("body")
+                        if kind == "welcome":
+                            self.welcomed.set()
+                        elif kind == "telemetry_ack":
+                            now = time.monotonic()
+                            sent = self.sent_at.pop(message.telemetry_ack.sequence, None)
+                            if sent is None:
+                                self.errors.append(f"ack for a batch not in flight: {message.telemetry_ack.sequence}")
+                                continue
+                            self.latencies.append(now - sent)
+                            self.acked += 1
+                            self.duplicates += message.telemetry_ack.duplicate
+                            self.last_ack = now
+                            credit.release()
+                            if self.acked == len(self.messages):
+                                self.done.set()
+
+                reader = asyncio.create_task(read())
+                await self.go.wait()
+                self.first_send = time.monotonic()
+                for message in self.messages:
+                    await credit.acquire()
+                    self.sent_at[message.telemetry.sequence] = time.monotonic()
+                    await call.write(message)
+                await self.finish.wait()
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in the phase's result
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.done.set()
+
+
+def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
+    """Entry point of a worker process (spawned, so grpc state is never forked)."""
+    counter = _WarningCounter()
+    logging.basicConfig(level=logging.WARNING, handlers=[counter])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
+    try:
+        asyncio.run(_worker(spec, conn, counter))
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", spec.index, f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection, counter: _WarningCounter) -> None:
+    from agent.enroll import enroll
+    from agent.facts import collect_facts
+    from protos.join import parse_join_string
+
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    data_root = Path(spec.data_root)
+    data_root.mkdir(parents=True, exist_ok=True)
+    facts = await asyncio.to_thread(collect_facts, data_dir=data_root, labels={"bench": "mqtt-ingest"})
+    device_ids = [f"bench-{spec.first_device + i:04d}" for i in range(len(spec.join_strings))]
+    # Every payload is built before any phase starts, so building them is not measured.
+    payloads = {phase: {d: make_messages(spec.shape, d, phase) for d in device_ids} for phase in ("mqtt", "grpc")}
+    raw_bytes = {d: [m.SerializeToString() for m in payloads["mqtt"][d]] for d in device_ids}
+    conn.send(("ready", spec.index))
+
+    identities = {}
+    errors: list[str] = []
+    semaphore = asyncio.Semaphore(10)
+
+    async def join(device_id: str, join_string: str) -> None:
+        async with semaphore:
+            try:
+                identities[device_id] = await enroll(
+                    parse_join_string(join_string),
+                    data_dir=data_root / device_id,
+                    device_id=device_id,
+                    facts=facts,
+                    timeout_seconds=RPC_TIMEOUT_SECONDS,
+                )
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                errors.append(f"{device_id}: {type(exc).__name__}: {exc}")
+
+    command = await inbox.get()
+    if command[0] != "enroll":
+        return
+    await asyncio.gather(*(join(d, js) for d, js in zip(device_ids, spec.join_strings, strict=True)))
+    conn.send(("enrolled", spec.index, len(identities), errors[:5], len(errors)))
+    enrolled = [d for d in device_ids if d in identities]
+
+    while True:
+        command = await inbox.get()
+        if command[0] == "stop":
+            break
+        phase = command[1]
+        if phase in ("raw", "mqtt"):
+            result = await _mqtt_phase(spec, conn, inbox, phase, enrolled, raw_bytes)
+        else:
+            result = await _grpc_phase(spec, conn, inbox, enrolled, identities, payloads["grpc"])
+        result["warnings"] = counter.count
+        result["warning_samples"] = list(counter.samples)
+        conn.send(("done", spec.index, result))
+    loop.remove_reader(conn.fileno())
+    conn.send(("stopped", spec.index))
+
+
+def _summary(devices, phase: str, points_per_batch: int, cpu_before: float, expected: int) -> dict:
+    acked = sum(d.published if phase == "raw" else d.acked for d in devices)
+    return {
+        "devices": len(devices),
+        "batches_expected": expected,
+        "batches_acked": acked,
+        "points_acked": acked * points_per_batch,
+        "duplicates": sum(getattr(d, "duplicates", 0) for d in devices),
+        "first_send": min((d.first_send for d in devices if d.first_send), default=0.0),
+        "last_ack": max((d.last_ack for d in devices), default=0.0),
+        "latencies": [x for d in devices for x in getattr(d, "latencies", [])],
+        "errors": [e for d in devices for e in d.errors][:5],
+        "error_count": sum(len(d.errors) for d in devices),
+        "worker_cpu_seconds": cpu_seconds() - cpu_before,
+        "worker_rss_bytes": rss_bytes(),
+    }
+
+
+async def _mqtt_phase(spec, conn, inbox, phase: str, device_ids: list[str], raw_bytes: dict) -> dict:
+    ingest = phase == "mqtt"
+    rounds = 1 if ingest else spec.raw_rounds  # raw: the same bytes, several times over, for a longer window
+    devices = [
+        MqttDevice(d, spec.broker_port, raw_bytes[d] * rounds, spec.window, ingest=ingest) for d in device_ids
+    ]  # connects in the background
+    try:
+        deadline = time.monotonic() + spec.phase_timeout_seconds
+        while not all(d.connected.is_set() for d in devices) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # let the SUBACKs land
+        if ingest:  # hello until a Welcome: the bridge may not be subscribed yet
+            while not all(d.welcomed.is_set() for d in devices) and time.monotonic() < deadline:
+                for d in devices:
+                    if not d.welcomed.is_set():
+                        d.hello()
+                waited = time.monotonic() + HELLO_RETRY_SECONDS
+                while time.monotonic() < waited and not all(d.welcomed.is_set() for d in devices):
+                    await asyncio.sleep(0.05)
+        ready = sum(1 for d in devices if (d.welcomed if ingest else d.connected).is_set())
+        conn.send(("prepared", spec.index, ready))
+        command = await inbox.get()
+        if command[0] != "go":
+            return _summary(devices, phase, spec.shape.points_per_batch, cpu_seconds(), 0)
+        cpu_before = cpu_seconds()
+        if ingest:
+            for d in devices:
+                d.start()
+        else:  # round-robin, so every device is publishing from the start
+            for d in devices:
+                d.first_send = time.monotonic()
+            for i in range(spec.shape.batches * rounds):
+                for d in devices:
+                    d.client.publish(d.topic, d.payloads[i], qos=1)
+        deadline = time.monotonic() + spec.phase_timeout_seconds
+        while not all(d.done.is_set() for d in devices) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        expected = len(devices) * spec.shape.batches * rounds
+        return _summary(devices, phase, spec.shape.points_per_batch, cpu_before, expected)
+    finally:
+        for d in devices:
+            await asyncio.to_thread(d.close)
+
+
+async def _grpc_phase(spec, conn, inbox, device_ids: list[str], identities: dict, messages: dict) -> dict:
+    devices = [GrpcDevice(identities[d], messages[d], spec.window) for d in device_ids]
+    for d in devices:
+        d.task = asyncio.create_task(d.run())
+    try:
+        deadline = time.monotonic() + spec.phase_timeout_seconds
+        while not all(d.welcomed.is_set() or d.errors for d in devices) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        conn.send(("prepared", spec.index, sum(1 for d in devices if d.welcomed.is_set())))
+        command = await inbox.get()
+        if command[0] != "go":
+            return _summary(devices, "grpc", spec.shape.points_per_batch, cpu_seconds(), 0)
+        cpu_before = cpu_seconds()
+        for d in devices:
+            d.go.set()
+        deadline = time.monotonic() + spec.phase_timeout_seconds
+        while not all(d.done.is_set() for d in devices) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return _summary(devices, "grpc", spec.shape.points_per_batch, cpu_before, len(devices) * spec.shape.batches)
+    finally:
+        for d in devices:
+            d.go.set()
+            d.finish.set()
+        tasks = [d.task for d in devices if d.task is not None]
+        _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+        for task in pending:
+            task.cancel()
+
+
+# --- the broker, the control plane, the raw subscriber ---------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Broker:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+
+def start_broker(tmp: Path) -> Broker:
+    executable = shutil.which("mosquitto")
+    if executable is None:
+        raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
+    port = free_port()
+    conf, log_path = tmp / "mosquitto.conf", tmp / "mosquitto.log"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n")
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([executable, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + BROKER_READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"mosquitto exited with {process.returncode}: {_tail(log_path)}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return Broker(process, port, log_path)
+        time.sleep(0.05)
+    process.kill()
+    raise BenchError(f"mosquitto did not listen within {BROKER_READY_TIMEOUT_SECONDS:.0f} s")
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    process: subprocess.Popen
+    pid: int
+    api_port: int
+    device_port: int
+    data_dir: Path
+    log_path: Path
+
+
+def start_server(tmp: Path, broker_port: int) -> ServerProcess:
+    """Start `edgefleet server --mqtt` and wait for its ready file. Raises BenchError."""
+    data_dir, ready, log_path = tmp / "server", tmp / "ready", tmp / "server.log"
+    executable = Path(sys.executable).with_name("edgefleet")
+    command = [
+        str(executable), "server",
+        "--data-dir", str(data_dir), "--api-port", "0", "--device-port", "0",
+        "--listen", "127.0.0.1", "--advertise", "127.0.0.1",
+        "--mqtt", f"mqtt://127.0.0.1:{broker_port}",
+        # Devices here send no heartbeats: a long interval keeps their sessions open between phases.
+        "--heartbeat-seconds", "600",
+        "--ready-file", str(ready), "--log-level", "warning",
+    ]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"the control plane exited with {process.returncode}: {_tail(log_path)}")
+        with contextlib.suppress(OSError, ValueError):
+            api_port, device_port, pid = (int(x) for x in ready.read_text().split())
+            return ServerProcess(process, pid, api_port, device_port, data_dir, log_path)
+        time.sleep(0.05)
+    process.kill()
+    raise BenchError(f"the control plane was not ready within {SERVER_READY_TIMEOUT_SECONDS:.0f} s")
+
+
+def stop_process(process: subprocess.Popen) -> int | None:
+    """SIGTERM, then SIGKILL after a deadline. Returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    return process.returncode
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def log_lines(path: Path) -> list[str]:
+    with contextlib.suppress(OSError):
+        return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return []
+
+
+class RawSubscriber:
+    """One paho client subscribed QoS 1 to ``bench-raw/#``, counting messages (as the bridge's one client)."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.received = 0
+        self.last = 0.0
+        self.subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw-sub", protocol=paho.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe(f"{RAW_PREFIX}/#", qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=60)
+        self.client.loop_start()
+        if not self.subscribed.wait(10):
+            raise BenchError("the raw subscriber could not subscribe")
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.received += 1
+        self.last = time.monotonic()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# --- the operator API ---------------------------------------------------------------
+
+
+def admin_call(server: ServerProcess, method: str, request):
+    import grpc
+
+    from controlplane.cli.connection import Connection, admin
+
+    connection = Connection(
+        server=f"127.0.0.1:{server.api_port}",
+        token=(server.data_dir / "admin.token").read_text().strip(),
+        ca_pem=(server.data_dir / "ca.crt").read_bytes(),
+    )
+    try:
+        with admin(connection) as (stub, metadata):
+            return getattr(stub, method)(request, metadata=metadata, timeout=RPC_TIMEOUT_SECONDS)
+    except grpc.RpcError as exc:
+        raise BenchError(f"{method} failed: {exc.code().name}: {exc.details()}") from exc
+
+
+def create_join_tokens(server: ServerProcess, count: int) -> list[str]:
+    from protos.edgefleet.v1 import admin_pb2
+
+    return [
+        admin_call(server, "CreateJoinToken", admin_pb2.CreateJoinTokenRequest(fleet=FLEET)).join_string
+        for _ in range(count)
+    ]
+
+
+def stored_requests(server: ServerProcess, shape: Shape) -> int:
+    """Requests stored for the bench models (all devices, the whole range of minutes), per QueryLatency."""
+    from protos.edgefleet.v1 import admin_pb2
+
+    since = int(time.time()) - shape.base_epoch + 60 * (shape.minutes_back + 2)
+    names = set(model_names(shape.models))
+    response = admin_call(server, "QueryLatency", admin_pb2.QueryLatencyRequest(since_seconds=since))
+    return sum(row.requests for row in response.rows if row.key.get("model") in names)
+
+
+# --- the parent: orchestrate, measure, report ------------------------------------------
+
+
+class Workers:
+    """The worker processes and their pipes; every wait has a deadline."""
+
+    def __init__(self, specs: list[WorkerSpec]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conns: list[multiprocessing.connection.Connection] = []
+        self.processes = []
+        for spec in specs:
+            parent_end, child_end = context.Pipe()
+            process = context.Process(target=worker_main, args=(spec, child_end), name=f"bench-worker-{spec.index}")
+            process.start()
+            child_end.close()
+            self.conns.append(parent_end)
+            self.processes.append(process)
+
+    def send_all(self, message: tuple) -> None:
+        for conn in self.conns:
+            conn.send(message)
+
+    def collect(self, kind: str, timeout_seconds: float) -> list[tuple]:
+        replies: dict[int, tuple] = {}
+        deadline = time.monotonic() + timeout_seconds
+        while len(replies) < len(self.conns):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"workers {sorted(set(range(len(self.conns))) - set(replies))} sent no {kind!r}")
+            waiting = [c for i, c in enumerate(self.conns) if i not in replies]
+            for conn in multiprocessing.connection.wait(waiting, timeout=left):
+                try:
+                    message = conn.recv()
+                except EOFError as exc:
+                    raise BenchError(f"a worker exited while the benchmark waited for {kind!r}") from exc
+                if message[0] == "error":
+                    raise BenchError(f"worker {message[1]} failed: {message[2]}")
+                if message[0] != kind:
+                    raise BenchError(f"expected {kind!r} from a worker, got {message[0]!r}")
+                replies[message[1]] = message
+        return [replies[i] for i in range(len(self.conns))]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("stop",))
+        for process in self.processes:
+            process.join(timeout=STOP_TIMEOUT_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=STOP_TIMEOUT_SECONDS)
+        for conn in self.conns:
+            conn.close()
+
+
+def split(items: list[str], parts: int) -> list[tuple[int, tuple[str, ...]]]:
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for part in range(parts):
+        end = start + size + (1 if part < extra else 0)
+        out.append((start, tuple(items[start:end])))
+        start = end
+    return out
+
+
+def run_phase(
+    phase: str,
+    args: argparse.Namespace,
+    workers: Workers,
+    server: ServerProcess,
+    broker: Broker,
+    shape: Shape,
+    say: Callable[[str], None],
+) -> dict:
+    subscriber = RawSubscriber(broker.port) if phase == "raw" else None
+    try:
+        workers.send_all(("phase", phase))
+        prepared = workers.collect("prepared", args.phase_timeout + WORKER_REPLY_TIMEOUT_SECONDS)
+        ready = sum(r[2] for r in prepared)
+        stored_before = stored_requests(server, shape) if phase != "raw" else 0
+        say(f"{phase}: {ready}/{args.devices} devices ready; go")
+        server_cpu, broker_cpu = cpu_seconds(server.pid), cpu_seconds(broker.process.pid)
+        parent_cpu = cpu_seconds()
+        t_go = time.monotonic()
+        workers.send_all(("go",))
+        results = [r[2] for r in workers.collect("done", args.phase_timeout + WORKER_REPLY_TIMEOUT_SECONDS)]
+        expected = args.devices * args.batches * (args.raw_rounds if phase == "raw" else 1)
+        if subscriber is not None:  # publishers are done once PUBACKed; the subscriber may still be receiving
+            deadline = time.monotonic() + args.phase_timeout
+            while subscriber.received < expected and time.monotonic() < deadline:
+                time.sleep(0.02)
+        server_cpu = cpu_seconds(server.pid) - server_cpu
+        broker_cpu = cpu_seconds(broker.process.pid) - broker_cpu
+        parent_cpu = cpu_seconds() - parent_cpu
+    finally:
+        if subscriber is not None:
+            subscriber.close()
+    if subscriber is not None:
+        batches, t_end = subscriber.received, subscriber.last
+    else:
+        batches, t_end = sum(r["batches_acked"] for r in results), max(r["last_ack"] for r in results)
+    elapsed = max(t_end - t_go, 1e-9)
+    points = batches * shape.points_per_batch
+    latencies = [x for r in results for x in r["latencies"]]
+    out = {
+        "ready_devices": ready,
+        "batches_expected": expected,
+        "batches": batches,
+        "points": points,
+        "seconds": elapsed,
+        "points_per_second": points / elapsed if batches else 0.0,
+        "batches_per_second": batches / elapsed if batches else 0.0,
+        "server_cpu_seconds": server_cpu,
+        "server_cpu_seconds_per_1000_points": 1000.0 * server_cpu / points if points else None,
+        "server_cpu_percent": 100.0 * server_cpu / elapsed,
+        "broker_cpu_seconds": broker_cpu,
+        "worker_cpu_seconds": sum(r["worker_cpu_seconds"] for r in results),
+        "worker_rss_bytes": [r["worker_rss_bytes"] for r in results],
+        "duplicates": sum(r["duplicates"] for r in results),
+        "errors": sum(r["error_count"] for r in results),
+        "error_samples": [e for r in results for e in r["errors"]][:5],
+        "warnings": sum(r["warnings"] for r in results),
+        "warning_samples": [w for r in results for w in r["warning_samples"]][:5],
+        "complete": batches == expected and ready == args.devices,
+    }
+    if subscriber is not None:
+        out["publishers_acked"] = sum(r["batches_acked"] for r in results)
+        out["subscriber_cpu_seconds"] = parent_cpu
+    else:
+        out["ack_latency_p50_ms"] = 1000 * percentile(latencies, 0.5)
+        out["ack_latency_p95_ms"] = 1000 * percentile(latencies, 0.95)
+        out["ack_latency_max_ms"] = 1000 * max(latencies, default=0.0)
+        stored = stored_requests(server, shape) - stored_before
+        out["stored_requests"] = stored
+        out["stored_points"] = stored // REQUESTS_PER_POINT
+        out["stored_once"] = stored == expected * shape.points_per_batch * REQUESTS_PER_POINT and not out["duplicates"]
+    say(
+        f"{phase}: {points:,} points in {elapsed:.2f} s = {out['points_per_second']:,.0f} points/s; "
+        f"server CPU {server_cpu:.1f} s, broker CPU {broker_cpu:.1f} s"
+    )
+    return out
+
+
+def run(args: argparse.Namespace, say: Callable[[str], None], cleanup: list[Callable[[], None]]) -> dict:
+    base_epoch = int(time.time()) // 60 * 60
+    shape = Shape(batches=args.batches, minutes=args.minutes, models=args.models, base_epoch=base_epoch)
+    if shape.minutes_back * 60 > 29 * 86400:
+        raise BenchError("--batches x --minutes reaches back more than 29 days (QueryLatency looks back 30 at most)")
+    sample = make_messages(Shape(1, args.minutes, args.models, base_epoch), "bench-0000", "mqtt")[0]
+    result: dict = {
+        "machine": {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "python": platform.python_version()},
+        "params": {
+            "devices": args.devices, "workers": args.workers, "batches": args.batches,
+            "minutes": args.minutes, "models": args.models, "window": args.window, "raw_rounds": args.raw_rounds,
+            "points_per_batch": shape.points_per_batch, "requests_per_point": REQUESTS_PER_POINT,
+            "payload_bytes": sample.ByteSize(),
+            "points_per_phase": args.devices * args.batches * shape.points_per_batch,
+        },
+    }  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="edgefleet-bench-mqtt-"))
+    cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    broker = start_broker(tmp)
+    cleanup.append(lambda: stop_process(broker.process))
+    server = start_server(tmp, broker.port)
+    workers: Workers | None = None
+
+    def stop_server() -> None:
+        result["server_exit_code"] = stop_process(server.process)
+
+    cleanup.append(stop_server)
+    say(
+        f"mosquitto on {broker.port}; control plane pid {server.pid}: "
+        f"api {server.api_port}, devices {server.device_port}"
+    )
+    join_strings = create_join_tokens(server, args.devices)
+    time.sleep(1.0)
+    result["server_idle_rss_bytes"] = rss_bytes(server.pid)
+    specs = [
+        WorkerSpec(
+            index=i, join_strings=chunk, first_device=first, data_root=str(tmp / f"agents-{i}"),
+            broker_port=broker.port, shape=shape, window=args.window, raw_rounds=args.raw_rounds,
+            phase_timeout_seconds=args.phase_timeout,
+        )
+        for i, (first, chunk) in enumerate(split(join_strings, args.workers))
+    ]  # fmt: skip
+    workers = Workers(specs)
+    cleanup.append(workers.close)
+    workers.collect("ready", WORKER_READY_TIMEOUT_SECONDS + 60.0)
+    workers.send_all(("enroll",))
+    enrolled = workers.collect("enrolled", args.phase_timeout + WORKER_REPLY_TIMEOUT_SECONDS)
+    result["enrolled"] = sum(r[2] for r in enrolled)
+    result["enroll_errors"] = [e for r in enrolled for e in r[3]][:5]
+    say(
+        f"{result['enrolled']}/{args.devices} devices enrolled; "
+        f"{result['params']['points_per_phase']:,} points per phase"
+    )
+    if result["enrolled"] != args.devices:
+        raise BenchError(f"only {result['enrolled']} of {args.devices} devices enrolled: {result['enroll_errors']}")
+    for phase in PHASES:
+        result[phase] = run_phase(phase, args, workers, server, broker, shape, say)
+    raw = result["raw"]["points_per_second"]
+    result["mqtt_vs_raw"] = result["mqtt"]["points_per_second"] / raw if raw else None
+    result["grpc_vs_raw"] = result["grpc"]["points_per_second"] / raw if raw else None
+    result["goal_met"] = result["mqtt_vs_raw"] is not None and result["mqtt_vs_raw"] >= 0.5
+    result["server_end_rss_bytes"] = rss_bytes(server.pid)
+    workers.send_all(("stop",))
+    with contextlib.suppress(BenchError):
+        workers.collect("stopped", STOP_TIMEOUT_SECONDS + WORKER_REPLY_TIMEOUT_SECONDS)
+    stop_server()
+    result["server_log"] = {"lines": len(log_lines(server.log_path)), "samples": log_lines(server.log_path)[:10]}
+    return result
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def print_table(result: dict) -> None:
+    m, p = result["machine"], result["params"]
+    raw, mq, gr = result["raw"], result["mqtt"], result["grpc"]
+
+    def rate(r: dict) -> str:
+        return (
+            f"{r['points_per_second']:,.0f} points/s ({r['batches_per_second']:,.0f} batches/s; "
+            f"{r['points']:,} points in {r['seconds']:.2f} s)" + ("" if r["complete"] else "  INCOMPLETE")
+        )
+
+    def per_1000(r: dict) -> str:
+        value = r["server_cpu_seconds_per_1000_points"]
+        return (
+            "n/a"
+            if value is None
+            else f"{value:.3f} s ({r['server_cpu_seconds']:.1f} s in all, {r['server_cpu_percent']:.0f}% of one core)"
+        )
+
+    def stored(r: dict) -> str:
+        expected = p["points_per_phase"]
+        return f"{r['stored_points']:,} / {expected:,} points, {r['duplicates']} duplicate acks" + (
+            "" if r["stored_once"] else "  FAIL"
+        )
+
+    ratio = result["mqtt_vs_raw"]
+    rows = [
+        ("machine", f"{m['nproc']} cores, {m['cpu_model']}, Python {m['python']}"),
+        ("devices / workers", f"{p['devices']} / {p['workers']}"),
+        ("per device, per phase", f"{p['batches']} batches of {p['minutes']} minutes x {p['models']} models = "
+                                  f"{p['points_per_batch']} points ({p['payload_bytes']} B payload); "
+                                  f"window {p['window']} unacked"),
+        ("(a) raw paho QoS 1", rate(raw) + f" [each payload {p['raw_rounds']}x]"),
+        ("(b) MQTT ingest", rate(mq)),
+        ("(c) gRPC ingest", rate(gr)),
+        ("MQTT ingest / raw", "n/a" if ratio is None else
+            f"{ratio:.1%} (goal >= 50%: {'met' if result['goal_met'] else 'NOT MET'})"),
+        ("gRPC ingest / raw", "n/a" if result["grpc_vs_raw"] is None else f"{result['grpc_vs_raw']:.1%}"),
+        ("MQTT ingest / gRPC ingest", f"{mq['points_per_second'] / gr['points_per_second']:.0%}"
+                                      if gr["points_per_second"] else "n/a"),
+        ("server CPU / 1000 points", f"MQTT {per_1000(mq)}; gRPC {per_1000(gr)}"),
+        ("broker CPU per phase", f"raw {raw['broker_cpu_seconds']:.1f} s, MQTT {mq['broker_cpu_seconds']:.1f} s, "
+                                 f"gRPC {gr['broker_cpu_seconds']:.1f} s"),
+        ("ack latency p50 / p95", f"MQTT {mq['ack_latency_p50_ms']:.1f} / {mq['ack_latency_p95_ms']:.1f} ms; "
+                                  f"gRPC {gr['ack_latency_p50_ms']:.1f} / {gr['ack_latency_p95_ms']:.1f} ms"),
+        ("stored once (QueryLatency)", f"MQTT {stored(mq)}; gRPC {stored(gr)}"),
+        ("worker CPU per phase", f"raw {raw['worker_cpu_seconds']:.1f} s (+ subscriber "
+                                 f"{raw['subscriber_cpu_seconds']:.1f} s), MQTT {mq['worker_cpu_seconds']:.1f} s, "
+                                 f"gRPC {gr['worker_cpu_seconds']:.1f} s"),
+        ("server RSS idle -> end", f"{_mib(result['server_idle_rss_bytes'])} -> "
+                                   f"{_mib(result['server_end_rss_bytes'])}"),
+        ("errors / warnings", f"raw {raw['errors']}/{raw['warnings']}, MQTT {mq['errors']}/{mq['warnings']}, "
+                              f"gRPC {gr['errors']}/{gr['warnings']}"),
+        ("server log lines", f"{result['server_log']['lines']} (at --log-level warning); "
+                             f"exit code on SIGTERM {result.get('server_exit_code')}"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    for phase in PHASES:
+        for sample in result[phase]["error_samples"] + result[phase]["warning_samples"]:
+            print(f"  {phase}: {sample}")
+    for sample in result["server_log"]["samples"]:
+        print(f"  server log: {sample}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=100, help="simulated devices (default 100)")
+    parser.add_argument("--batches", type=int, default=20, help="batches per device per phase (default 20)")
+    parser.add_argument("--minutes", type=int, default=5, help="minutes per batch (default 5)")
+    parser.add_argument("--models", type=int, default=4, help="models per minute (default 4)")
+    parser.add_argument("--window", type=int, default=4, help="unacked batches per device, (b) and (c) (default 4)")
+    parser.add_argument("--raw-rounds", type=int, default=20, help="(a) publishes each payload this often (default 20)")
+    parser.add_argument("--workers", type=int, default=2, help="device worker processes (default 2)")
+    parser.add_argument("--phase-timeout", type=float, default=300.0, help="deadline per phase, seconds")
+    parser.add_argument("--json-out", type=Path, help="also write the result JSON here")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 devices, 10 batches each")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.devices, args.batches = 20, 10
+    if min(args.devices, args.batches, args.minutes, args.models, args.window, args.workers, args.raw_rounds) < 1:
+        parser.error("--devices, --batches, --minutes, --models, --window, --raw-rounds and --workers must be >= 1")
+    args.workers = min(args.workers, args.devices)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cleanup: list[Callable[[], None]] = []
+
+    def say(text: str) -> None:
+        print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+    def on_term(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = run(args, say, cleanup)
+    except BenchError as exc:
+        say(f"failed: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        for step in reversed(cleanup):
+            with contextlib.suppress(Exception):
+                step()
+    print_table(result)
+    line = json.dumps(result, sort_keys=True)
+    print(line)
+    if args.json_out is not None:
+        args.json_out.write_text(line + "\n")
+    ok = all(result[p]["complete"] for p in PHASES) and result["mqtt"]["stored_once"] and result["grpc"]["stored_once"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
