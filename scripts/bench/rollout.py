@@ -101,6 +101,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchkit import (
+    BenchError,
+    WarningCounter,
+    WorkerPool,
+    cpu_model,
+    cpu_seconds,
+    rss_bytes,
+    split,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # tests.bundles: the tiny ONNX bundles
 
@@ -115,38 +125,8 @@ WORKER_REPLY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 LATENCY_MEDIAN_MS = 2.0
 LATENCY_SIGMA = 0.25  # log-normal: p95 = median * e^(1.645 sigma), about 1.5x the median
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 STEPS = ("desired", "download_started", "downloaded", "staged", "activated")
 """Install steps timed on each agent: the desired state arrives, then the shell's lifecycle events."""
-
-
-class BenchError(Exception):
-    """The benchmark could not be set up or a process stopped answering."""
-
-
-# --- /proc readers -----------------------------------------------------------------
-
-
-def cpu_seconds(pid: int | str = "self") -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def load_average() -> str:
@@ -173,20 +153,6 @@ class WorkerSpec:
     slow_versions: tuple[int, ...]
     slow_factor: float
     threads: int
-
-
-class _WarningCounter(logging.Handler):
-    """Counts agent log records at WARNING and above; keeps the first few messages."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.count = 0
-        self.samples: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
-        if len(self.samples) < 5:
-            self.samples.append(f"{record.name}: {record.getMessage()}"[:300])
 
 
 def passing_acceptance(model_dir, manifest, **_: object):
@@ -222,7 +188,7 @@ class SimAgent:
 
 def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     """Entry point of a worker process (spawned, so grpc state is never forked)."""
-    counter = _WarningCounter()
+    counter = WarningCounter(300)
     logging.basicConfig(level=logging.WARNING, handlers=[counter])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
     try:
@@ -233,7 +199,7 @@ def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -
         raise
 
 
-async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection, counter: _WarningCounter) -> None:
+async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection, counter: WarningCounter) -> None:
     from agent.channel import device_channel
     from agent.daemon import trusted_keys
     from agent.enroll import enroll
@@ -645,47 +611,11 @@ def wait_fleet(
 # --- the parent: orchestrate, measure, report ------------------------------------------
 
 
-class Workers:
+class Workers(WorkerPool):
     """The worker processes and their pipes; every wait has a deadline."""
 
     def __init__(self, specs: list[WorkerSpec]) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conns: list[multiprocessing.connection.Connection] = []
-        self.processes = []
-        for spec in specs:
-            parent_end, child_end = context.Pipe()
-            process = context.Process(
-                target=worker_main, args=(spec, child_end), name=f"bench-worker-{spec.index}", daemon=True
-            )
-            process.start()
-            child_end.close()
-            self.conns.append(parent_end)
-            self.processes.append(process)
-
-    def send_all(self, message: tuple) -> None:
-        for conn in self.conns:
-            conn.send(message)
-
-    def collect(self, kind: str, timeout_seconds: float) -> list[tuple]:
-        """One message of `kind` from every worker, in worker order. Raises BenchError."""
-        replies: dict[int, tuple] = {}
-        deadline = time.monotonic() + timeout_seconds
-        while len(replies) < len(self.conns):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"workers {sorted(set(range(len(self.conns))) - set(replies))} sent no {kind!r}")
-            waiting = [c for i, c in enumerate(self.conns) if i not in replies]
-            for conn in multiprocessing.connection.wait(waiting, timeout=left):
-                try:
-                    message = conn.recv()
-                except EOFError as exc:
-                    raise BenchError(f"a worker exited while the benchmark waited for {kind!r}") from exc
-                if message[0] == "error":
-                    raise BenchError(f"worker {message[1]} failed: {message[2]}")
-                if message[0] != kind:
-                    raise BenchError(f"expected {kind!r} from a worker, got {message[0]!r}")
-                replies[message[1]] = message
-        return [replies[i] for i in range(len(self.conns))]
+        super().__init__(worker_main, specs, daemon=True)
 
     def snapshot(self) -> dict:
         """The workers' snapshots merged into one."""
@@ -749,17 +679,6 @@ def merge(snapshots: list[dict]) -> dict:
         "cpu_seconds": sum(s["cpu_seconds"] for s in snapshots),
         "rss_bytes": [s["rss_bytes"] for s in snapshots],
     }
-
-
-def split(items: list[str], parts: int) -> list[tuple[int, tuple[str, ...]]]:
-    """(first index, slice) for each of `parts` near-equal slices."""
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for part in range(parts):
-        end = start + size + (1 if part < extra else 0)
-        out.append((start, tuple(items[start:end])))
-        start = end
-    return out
 
 
 def _epoch(stamp) -> float | None:

@@ -63,6 +63,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchkit import (
+    BenchError,
+    WarningCounter,
+    WorkerPool,
+    cpu_model,
+    cpu_seconds,
+    percentile,
+    rss_bytes,
+    split,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FLEET = "bench"
 SERVER_READY_TIMEOUT_SECONDS = 60.0
@@ -70,44 +81,6 @@ WORKER_READY_TIMEOUT_SECONDS = 60.0
 RPC_TIMEOUT_SECONDS = 15.0
 WORKER_REPLY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """The benchmark could not be set up or a process stopped answering."""
-
-
-# --- /proc readers -----------------------------------------------------------------
-
-
-def cpu_seconds(pid: int | str = "self") -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    # Fields after "(comm)" start at field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 # --- worker process: N/workers agents on one asyncio loop ----------------------------
@@ -124,23 +97,9 @@ class WorkerSpec:
     open_deadline_seconds: float
 
 
-class _WarningCounter(logging.Handler):
-    """Counts agent log records at WARNING and above; keeps the first few messages."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.count = 0
-        self.samples: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
-        if len(self.samples) < 5:
-            self.samples.append(f"{record.name}: {record.getMessage()}")
-
-
 def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     """Entry point of a worker process (spawned, so grpc state is never forked)."""
-    counter = _WarningCounter()
+    counter = WarningCounter()
     logging.basicConfig(level=logging.WARNING, handlers=[counter])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
     try:
@@ -151,7 +110,7 @@ def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -
         raise
 
 
-async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection, counter: _WarningCounter) -> None:
+async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection, counter: WarningCounter) -> None:
     from agent.enroll import enroll
     from agent.facts import collect_facts
     from agent.session import Session, SessionEnded
@@ -359,47 +318,11 @@ def list_devices(server: ServerProcess):
 # --- the parent: orchestrate, measure, report ------------------------------------------
 
 
-class Workers:
+class Workers(WorkerPool):
     """The worker processes and their pipes; every wait has a deadline."""
 
     def __init__(self, specs: list[WorkerSpec]) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conns: list[multiprocessing.connection.Connection] = []
-        self.processes = []
-        for spec in specs:
-            parent_end, child_end = context.Pipe()
-            process = context.Process(target=worker_main, args=(spec, child_end), name=f"bench-worker-{spec.index}")
-            process.start()
-            child_end.close()
-            self.conns.append(parent_end)
-            self.processes.append(process)
-
-    def send_all(self, message: tuple) -> None:
-        for conn in self.conns:
-            conn.send(message)
-
-    def collect(self, kind: str, timeout_seconds: float) -> list[tuple]:
-        """One message of `kind` from every worker, in worker order. Raises BenchError."""
-        replies: dict[int, tuple] = {}
-        deadline = time.monotonic() + timeout_seconds
-        while len(replies) < len(self.conns):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"workers {sorted(set(range(len(self.conns))) - set(replies))} sent no {kind!r}")
-            # Only wait on workers that have not answered: each sends its messages in order,
-            # so a worker's next message (e.g. "open" after "enrolled") stays in its pipe.
-            waiting = [c for i, c in enumerate(self.conns) if i not in replies]
-            for conn in multiprocessing.connection.wait(waiting, timeout=left):
-                try:
-                    message = conn.recv()
-                except EOFError as exc:
-                    raise BenchError(f"a worker exited while the benchmark waited for {kind!r}") from exc
-                if message[0] == "error":
-                    raise BenchError(f"worker {message[1]} failed: {message[2]}")
-                if message[0] != kind:
-                    raise BenchError(f"expected {kind!r} from a worker, got {message[0]!r}")
-                replies[message[1]] = message
-        return [replies[i] for i in range(len(self.conns))]
+        super().__init__(worker_main, specs)
 
     def snapshot(self) -> list[dict]:
         self.send_all(("snapshot",))
@@ -417,17 +340,6 @@ class Workers:
                 process.join(timeout=STOP_TIMEOUT_SECONDS)
         for conn in self.conns:
             conn.close()
-
-
-def split(items: list[str], parts: int) -> list[tuple[int, tuple[str, ...]]]:
-    """(first index, slice) for each of `parts` near-equal slices."""
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for part in range(parts):
-        end = start + size + (1 if part < extra else 0)
-        out.append((start, tuple(items[start:end])))
-        start = end
-    return out
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
