@@ -262,19 +262,19 @@ class RolloutService:
         if state.phase in (rollout.Phase.RUNNING, rollout.Phase.BAKING, rollout.Phase.PAUSED):
             selector = _parse_selector(await s.db(s.store.get_setting, f"rollout:{spec.rollout_id}:selector") or "")
             known = {d.device_id for d in state.devices}
-            for device in await s.db(s.store.list_devices, spec.fleet):
-                if device.device_id in known or device.revoked_at is not None or not matches(device, selector):
-                    continue
-                if device.device_class is None:
-                    continue  # not classified yet (no facts reported): it joins the rollout once it is
-                task = await self._task(spec)
-                events.append(
-                    rollout.DeviceJoined(
-                        device.device_id,
-                        device.device_class or DEFAULT_CLASS.name,
-                        await self._current_build(device.device_id, task, spec.model),
-                    )
-                )
+            joined = [
+                device
+                for device in await s.db(s.store.list_devices, spec.fleet)
+                if device.device_id not in known
+                and device.revoked_at is None
+                and matches(device, selector)
+                # not classified yet (no facts reported): it joins the rollout once it is
+                and device.device_class is not None
+            ]
+            task = await self._task(spec) if joined else ""
+            for device in joined:
+                previous = await self._current_build(device.device_id, task, spec.model)
+                events.append(rollout.DeviceJoined(device.device_id, device.device_class, previous))
         return events
 
     # --- feeding the controller and doing what it says ---------------------------------------------
