@@ -181,9 +181,9 @@ class Histogram:
 def _validate(counts: list[int], sum_ms: float, max_ms: float) -> None:
     if len(counts) != BUCKETS:
         raise ValueError(f"a histogram has exactly {BUCKETS} counts, got {len(counts)}")
-    for n in counts:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"bucket counts must be non-negative integers, got {n!r}")
+    if set(map(type, counts)) != {int} or min(counts) < 0:  # whole-list checks: this runs per telemetry point
+        bad = next(n for n in counts if type(n) is not int or n < 0)
+        raise ValueError(f"bucket counts must be non-negative integers, got {bad!r}")
     total = sum(counts)
     if total > MAX_COUNT:
         raise ValueError(f"histogram holds {total} samples, at most {MAX_COUNT} allowed")
@@ -194,6 +194,6 @@ def _validate(counts: list[int], sum_ms: float, max_ms: float) -> None:
         if sum_ms or max_ms:
             raise ValueError("an empty histogram must have sum_ms and max_ms of 0")
         return
-    highest = max(i for i, n in enumerate(counts) if n)
+    highest = BUCKETS - 1 - next(i for i, n in enumerate(reversed(counts)) if n)
     if bucket_index(max_ms) != highest:
         raise ValueError(f"max_ms {max_ms!r} is not in the highest non-empty bucket ({highest})")

@@ -14,7 +14,12 @@ from controlplane.blobs import BlobStore
 from controlplane.config import ServerConfig
 from controlplane.pki import CertificateAuthority
 from controlplane.presence import Presence
+from controlplane.services.group_commit import GroupCommit
 from controlplane.store import Store
+from protos.edgefleet.v1.telemetry_pb2 import TelemetryBatch
+
+# At most this many telemetry batches per store transaction (each holds at most 1,440 minutes).
+TELEMETRY_GROUP_MAX_BATCHES = 64
 
 
 def utcnow() -> dt.datetime:
@@ -38,6 +43,14 @@ class Services:
     # Classifying devices and planning benchmark jobs read-then-write; one server process serialises them.
     class_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     job_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Telemetry batches from every session and the MQTT bridge, stored in groups (see group_commit.py).
+    telemetry_writes: GroupCommit[tuple[str, TelemetryBatch], bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.telemetry_writes = GroupCommit(self._store_telemetry, max_items=TELEMETRY_GROUP_MAX_BATCHES)
+
+    async def _store_telemetry(self, items: list[tuple[str, TelemetryBatch]]) -> list[bool | Exception]:
+        return await self.db(self.store.ingest_batches, items, self.clock())
 
     async def db(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking store call in a worker thread."""

@@ -45,7 +45,7 @@ async def ingest(s: Services, device_id: str, batch: telemetry_pb2.TelemetryBatc
     """
     if batch.device_id and batch.device_id != device_id:
         raise PermissionDenied(f"telemetry batch names device {batch.device_id!r} but the certificate is {device_id!r}")
-    duplicate = await s.db(s.store.ingest_batch, device_id, batch, s.clock())
+    duplicate = await s.telemetry_writes.submit((device_id, batch))
     return telemetry_pb2.TelemetryAck(boot_id=batch.boot_id, sequence=batch.sequence, duplicate=duplicate)
 
 

@@ -72,5 +72,10 @@ def insert_setting(conn: Connection, key: str, value: str) -> Any:
 
 def insert_values(conn: Connection, table: Any, values: dict[str, Any]) -> Any:
     """The backend's own INSERT into ``table``, which has the ON CONFLICT clauses both backends share."""
+    return insert_of(conn, table).values(**values)
+
+
+def insert_of(conn: Connection, table: Any) -> Any:
+    """The backend's own INSERT into ``table`` without values: execute it with a list of rows (one statement)."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    return dialect_insert(table).values(**values)
+    return dialect_insert(table)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -258,14 +258,31 @@ class TelemetryStore:
             ValueError: the batch is malformed or over a bound (see ``parse_batch``), or ``now`` is naive.
             NotFound: no device has this id.
         """
+        outcome = self.ingest_batches([(device_id, batch)], now)[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def ingest_batches(
+        self, items: Sequence[tuple[str, telemetry_pb2.TelemetryBatch]], now: datetime
+    ) -> list[bool | ValueError | NotFound]:
+        """Store many devices' batches in one transaction; one outcome per item, in order.
+
+        An outcome is False (stored), True (already stored: nothing changed for it), or the
+        ValueError (malformed, over a bound) or NotFound (no such device) that refused that batch
+        alone: the others are stored all the same. Minutes of the same (device, minute, build) add
+        up across batches exactly as one batch after another would.
+
+        Raises:
+            ValueError: ``now`` is naive (nothing is stored).
+            StoreError: the database refused or is unavailable (nothing is stored).
+        """
         require_aware("now", now)
-        try:
-            duplicate = self._ingest_batch(device_id, batch, now)
-        except (ValueError, NotFound):
-            self._ingest_counts().add("refused")
-            raise
-        self._ingest_counts().add("duplicate" if duplicate else "stored")
-        return duplicate
+        outcomes = self._ingest_each_on_overflow(items, now)
+        counts = self._ingest_counts()
+        for outcome in outcomes:
+            counts.add("refused" if isinstance(outcome, Exception) else "duplicate" if outcome else "stored")
+        return outcomes
 
     def ingest_counts(self) -> dict[str, int]:
         """How many batches this store object stored, found already stored, or refused (malformed, unknown device)."""
@@ -274,27 +291,53 @@ class TelemetryStore:
     def _ingest_counts(self) -> _Counts:
         return vars(self).setdefault("_telemetry_ingest_counts", _Counts())
 
-    def _ingest_batch(self, device_id: str, batch: telemetry_pb2.TelemetryBatch, now: datetime) -> bool:
-        parsed = parse_batch(batch)
+    def _ingest_each_on_overflow(
+        self, items: Sequence[tuple[str, telemetry_pb2.TelemetryBatch]], now: datetime
+    ) -> list[bool | ValueError | NotFound]:
+        """``_ingest_batches``; should a merge overflow a histogram (rolled back whole), each batch on its own."""
+        try:
+            return self._ingest_batches(items, now)
+        except ValueError as exc:
+            if len(items) == 1:
+                return [exc]
+            return [outcome for item in items for outcome in self._ingest_each_on_overflow([item], now)]
+
+    def _ingest_batches(
+        self, items: Sequence[tuple[str, telemetry_pb2.TelemetryBatch]], now: datetime
+    ) -> list[bool | ValueError | NotFound]:
+        outcomes: list[bool | ValueError | NotFound] = [False] * len(items)
+        parsed: dict[int, ParsedBatch] = {}
+        for index, (_, batch) in enumerate(items):
+            try:
+                parsed[index] = parse_batch(batch)
+            except ValueError as exc:
+                outcomes[index] = exc
+        if not parsed:
+            return outcomes
         with self._transaction(write=True) as conn:
-            if queries.device(conn, device_id) is None:
-                raise NotFound(f"device {device_id!r} not found")
-            key = {"device_id": device_id, "boot_id": parsed.boot_id, "sequence": parsed.sequence}
-            claimed = conn.execute(
-                queries.insert_values(conn, TelemetryBatchKey, {**key, "received_at": now})
-                .on_conflict_do_nothing(index_elements=["device_id", "boot_id", "sequence"])
-                .returning(TelemetryBatchKey.sequence)
-            ).first()
-            if claimed is None:
-                return True
-            for values, histogram in parsed.minutes:
-                _merge_minute(conn, {"device_id": device_id, **values}, histogram)
-            for values in parsed.resources:
-                sample = queries.insert_values(conn, ResourceSample, {"device_id": device_id, **values})
-                conn.execute(sample.on_conflict_do_nothing(index_elements=["device_id", "at"]))
-            if parsed.events:
-                conn.execute(insert(DeviceEvent), [{"device_id": device_id, **values} for values in parsed.events])
-            return False
+            wanted = {items[index][0] for index in parsed}
+            known = set(conn.scalars(select(DeviceTable.device_id).where(DeviceTable.device_id.in_(wanted))))
+            first: dict[tuple[str, str, int], int] = {}  # batch key -> the item that claims it
+            for index, batch in parsed.items():
+                device_id = items[index][0]
+                key = (device_id, batch.boot_id, batch.sequence)
+                if device_id not in known:
+                    outcomes[index] = NotFound(f"device {device_id!r} not found")
+                elif key in first:
+                    outcomes[index] = True  # the same batch twice in one call: the second is a resend
+                else:
+                    first[key] = index
+            if not first:
+                return outcomes
+            claimed = _claim_batch_keys(conn, sorted(first), now)
+            fresh: list[tuple[str, ParsedBatch]] = []
+            for key, index in first.items():
+                if key in claimed:
+                    fresh.append((key[0], parsed[index]))
+                else:
+                    outcomes[index] = True
+            _store_contents(conn, fresh)
+        return outcomes
 
     def record_status(
         self,
@@ -584,6 +627,73 @@ class TelemetryStore:
 
 def _merge_minute(conn: Connection, values: dict[str, Any], histogram: Histogram) -> None:
     _merge_row(conn, ModelMinute, _MINUTE_KEY, values, histogram)
+
+
+def _claim_batch_keys(conn: Connection, keys: list[tuple[str, str, int]], now: datetime) -> set[tuple[str, str, int]]:
+    """Insert the batch keys not stored yet (one statement); returns those this call inserted."""
+    statement = (
+        queries.insert_of(conn, TelemetryBatchKey)
+        .on_conflict_do_nothing(index_elements=["device_id", "boot_id", "sequence"])
+        .returning(TelemetryBatchKey.device_id, TelemetryBatchKey.boot_id, TelemetryBatchKey.sequence)
+    )
+    rows = [{"device_id": d, "boot_id": b, "sequence": s, "received_at": now} for d, b, s in keys]
+    return {tuple(row) for row in conn.execute(statement, rows)}
+
+
+def _store_contents(conn: Connection, batches: list[tuple[str, ParsedBatch]]) -> None:
+    """Write the contents of newly claimed batches: minutes merged, samples and events inserted."""
+    minutes: dict[tuple[Any, ...], tuple[dict[str, Any], Histogram]] = {}
+    resources: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for device_id, batch in batches:
+        for values, histogram in batch.minutes:
+            row = {"device_id": device_id, **values}
+            key = tuple(row[column] for column in _MINUTE_KEY)
+            if key in minutes:
+                minutes[key] = _add_minute(*minutes[key], row, histogram)
+            else:
+                minutes[key] = (row, histogram)
+        resources.extend({"device_id": device_id, **values} for values in batch.resources)
+        events.extend({"device_id": device_id, **values} for values in batch.events)
+    if minutes:
+        _merge_minutes(conn, [minutes[key] for key in sorted(minutes)])
+    if resources:
+        statement = queries.insert_of(conn, ResourceSample).on_conflict_do_nothing(index_elements=["device_id", "at"])
+        conn.execute(statement, resources)
+    if events:
+        conn.execute(insert(DeviceEvent), events)
+
+
+def _add_minute(
+    row: dict[str, Any], histogram: Histogram, other: dict[str, Any], other_histogram: Histogram
+) -> tuple[dict[str, Any], Histogram]:
+    """Two parts of one (device, minute, build) added up, as two merges into the store would."""
+    merged = {**row, **{column: row[column] + other[column] for column in _SUMMED}}
+    merged["task"] = other["task"] or row["task"]
+    merged["input_size_max"] = max(row["input_size_max"], other["input_size_max"])
+    return merged, histogram.merge(other_histogram)
+
+
+def _merge_minutes(conn: Connection, minutes: list[tuple[dict[str, Any], Histogram]]) -> None:
+    """Insert the minutes not stored yet in one statement; merge the others into their rows, one by one."""
+    statement = (
+        queries.insert_of(conn, ModelMinute)
+        .on_conflict_do_nothing(index_elements=list(_MINUTE_KEY))
+        .returning(*(getattr(ModelMinute, column) for column in _MINUTE_KEY))
+    )
+    rows = [
+        {
+            **values,
+            "latency_counts": list(histogram.counts),
+            "latency_sum_ms": histogram.sum_ms,
+            "latency_max_ms": histogram.max_ms,
+        }
+        for values, histogram in minutes
+    ]
+    inserted = {tuple(row) for row in conn.execute(statement, rows)}
+    for values, histogram in minutes:
+        if tuple(values[column] for column in _MINUTE_KEY) not in inserted:
+            _merge_minute(conn, values, histogram)
 
 
 def _merge_row(

@@ -121,6 +121,61 @@ def test_a_batch_for_an_unknown_device_is_refused(store: Store) -> None:
         store.ingest_batch("ghost", _batch(1, _minute([1.0])), T0)
 
 
+def test_ingest_batches_gives_each_batch_its_own_outcome_and_stores_the_good_ones(store: Store) -> None:
+    """One call: stored, a resend of a stored batch, the same batch twice, a malformed one, an unknown device."""
+    device(store, "dev-1")
+    device(store, "dev-2")
+    assert store.ingest_batch("dev-1", _batch(1, _minute([1.0])), T0) is False
+    malformed = _batch(3, _minute([1.0]))
+    malformed.minutes[0].errors = 99
+    outcomes = store.ingest_batches(
+        [
+            ("dev-1", _batch(1, _minute([1.0]))),  # stored before: a duplicate
+            ("dev-1", _batch(2, _minute([2.0]))),
+            ("dev-2", _batch(2, _minute([4.0]))),  # the same (boot, sequence), another device: its own batch
+            ("dev-1", _batch(2, _minute([2.0]))),  # the same batch again in this call
+            ("dev-1", malformed),
+            ("ghost", _batch(1, _minute([8.0]))),
+        ],
+        T0,
+    )
+    assert outcomes[:4] == [True, False, False, True]
+    assert isinstance(outcomes[4], ValueError) and "more errors" in str(outcomes[4])
+    assert isinstance(outcomes[5], NotFound) and "ghost" in str(outcomes[5])
+    by_device = {(r.key["device"], r.requests) for r in store.latency(since=SINCE, by="device")}
+    assert by_device == {("dev-1", 2), ("dev-2", 1)}
+    assert len(store.events(since=SINCE, limit=100, device_id="dev-1")) == 2  # batches 1 and 2, once each
+    assert store.ingest_batch("dev-1", _batch(3, _minute([1.0])), T0) is False  # the malformed one took no key
+    assert store.ingest_counts() == {"stored": 4, "duplicate": 2, "refused": 2}
+
+
+def test_ingest_batches_adds_up_like_one_batch_after_another(store: Store) -> None:
+    """Minutes of one key spread over the batches of one call, some already stored, merge exactly."""
+    device(store, "dev-1")
+    samples = [[0.2, 1.0], [3.0], [0.05, 40.0, 7.0], [2.0]]
+    store.ingest_batch("dev-1", _batch(0, _minute(samples[0], errors=1)), T0)
+    other = _minute([9.0], variant="fp32")
+    outcomes = store.ingest_batches(
+        [("dev-1", _batch(i, _minute(samples[i]), *([other] if i == 2 else []))) for i in (1, 2, 3)], T0
+    )
+    assert outcomes == [False, False, False]
+    rows = {r.key["variant"]: r for r in store.latency(since=SINCE, by="variant")}
+    expected = _histogram(*(ms for part in samples for ms in part))
+    assert (rows["int8"].requests, rows["int8"].errors) == (8, 1)  # 7 samples and 1 error
+    assert (rows["int8"].latency.counts, rows["int8"].latency.max_ms) == (expected.counts, expected.max_ms)
+    assert rows["int8"].latency.sum_ms == pytest.approx(expected.sum_ms)
+    assert rows["int8"].confidence_sum == pytest.approx(0.5 * 7)
+    assert rows["fp32"].requests == 1
+
+
+def test_ingest_batches_with_nothing_storable_touches_nothing(store: Store) -> None:
+    assert store.ingest_batches([], T0) == []
+    [outcome] = store.ingest_batches([("ghost", _batch(1, _minute([1.0])))], T0)
+    assert isinstance(outcome, NotFound)
+    with pytest.raises(ValueError, match="naive"):
+        store.ingest_batches([("ghost", _batch(1))], T0.replace(tzinfo=None))
+
+
 def test_health_shows_the_newest_sample_and_the_last_status(store: Store) -> None:
     device(store, "dev-1")
     device(store, "dev-2", fleet="other")
