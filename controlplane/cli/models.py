@@ -1,5 +1,7 @@
-"""`edgefleet models`: push signed bundles, list and show published builds.
+"""`edgefleet models`: build variants, push signed bundles, list and show published builds.
 
+`build` makes quantized variants of an ONNX model as bundle directories, measured on this
+machine (``controlplane.modelbuild``); it needs the ``build`` extra (onnx) and talks to no server.
 `push` reads a bundle directory (manifest.json and the files), signs the manifest with
 the operator's publisher key, uploads only the files the server does not hold yet, then
 publishes. Pushing the same bundle again uploads nothing and changes nothing.
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from google.protobuf import json_format
@@ -22,11 +24,17 @@ from controlplane.cli.errors import CliError
 from controlplane.cli.options import CaOpt, JsonOpt, ServerOpt, TokenOpt
 from controlplane.cli.output import human_size
 from protos.bundle_io import load_private_key, read_bundle_dir
-from protos.bundles import BundleError, key_id, raw_public_key, sign_manifest
+from protos.bundles import VARIANTS, BundleError, key_id, raw_public_key, sign_manifest
 from protos.edgefleet.v1 import admin_pb2, admin_pb2_grpc, bundle_pb2
 from protos.limits import MAX_ARTIFACT_CHUNK_BYTES
 
-app = typer.Typer(help="Model bundles: push signed builds, list and show them.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from controlplane.modelbuild.build import BuildReport
+
+app = typer.Typer(
+    help="Model bundles: build quantized variants, push signed builds, list and show them, evidence per class.",
+    no_args_is_help=True,
+)
 
 # An upload may take RPC_TIMEOUT_SECONDS plus the time its bytes need at this rate, no longer.
 MIN_UPLOAD_BYTES_PER_SECOND = 256 * 1024
@@ -352,3 +360,119 @@ def explain(
     rows = [["chosen" if i == 0 else f"#{i + 1}", c.variant, c.reason] for i, c in enumerate(selection.ranked)]
     rows += [["rejected", c.variant, c.reason] for c in selection.rejected]
     console.print(output.table(None, ["RANK", "VARIANT", "WHY"], rows))
+
+
+ALL_VARIANTS = ",".join(VARIANTS)
+
+
+@app.command("build")
+def build(
+    source: Annotated[Path, typer.Argument(help="The fp32 ONNX model: one file, no external data")],
+    task: Annotated[str, typer.Option("--task", help="text-nlu, speech-command, vad or generic")],
+    eval_file: Annotated[
+        Path, typer.Option("--eval", help="Eval set .npz: one array per model input, 'label', 'slice:<kind>'")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where the bundle directories and build-report.json go")],
+    variants: Annotated[str, typer.Option("--variants", help="Comma-separated variants to build")] = ALL_VARIANTS,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="Calibration .npz: one array per model input")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default: SOURCE without .onnx)")] = None,
+    version: Annotated[int, typer.Option("--version", help="Model version, 1 or more")] = 1,
+    output_name: Annotated[
+        str | None, typer.Option("--output", help="The output scored by top-1 accuracy (default: the first)")
+    ] = None,
+    assets: Annotated[Path | None, typer.Option("--assets", help="Directory of files copied into every bundle")] = None,
+    preprocessing: Annotated[
+        Path | None,
+        typer.Option("--preprocessing", help="JSON Preprocessing message, or a manifest.json that has one"),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option("--max-accuracy-drop", help="Largest accuracy drop below fp32 (0.02 = 2 points)")
+    ] = 0.02,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs for latency p50/p95")] = 200,
+    golden: Annotated[int, typer.Option("--golden", help="Golden cases per bundle, from the eval set")] = 3,
+    keep_failing: Annotated[
+        bool, typer.Option("--keep-failing", help="Also write bundles whose accuracy dropped too far")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Build into a non-empty --out, replacing this build")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Build quantized variants of an ONNX model, measure them on this CPU, and write one bundle per variant.
+
+    Each variant is made with onnxruntime's tools (static variants calibrate on --calibration),
+    scored by top-1 accuracy (argmax over the last axis of --output) overall and per slice,
+    and timed at one thread in a child process. Bundles go to OUT/NAME-VARIANT, ready for
+    `edgefleet models push`; OUT/build-report.json lists every variant, including those that
+    do not apply, failed, or lost more accuracy than --max-accuracy-drop (not written unless
+    --keep-failing). Exit code 1 when a variant failed or lost too much accuracy.
+
+    The .npz files (np.savez): one array per model input, keyed by its name, with its dtype;
+    the first axis counts samples and sample i is fed alone as a batch of one (rows i to i+1),
+    so an input of shape (batch, 40, 100) needs an array of shape (samples, 40, 100). The eval
+    file also holds 'label' (one integer class per sample) and may hold 'slice:<kind>' arrays
+    (one string per sample, e.g. slice:speaker). Object arrays are refused: pad ragged inputs.
+
+    Example: edgefleet models build kws.onnx --task generic --calibration calib.npz --eval eval.npz --out build/
+    """
+    from controlplane.modelbuild.build import BuildRequest, parse_variants, run_build
+    from controlplane.modelbuild.inputs import BuildError
+
+    console = output.stderr()
+    try:
+        request = BuildRequest(
+            source=source,
+            task=task,
+            variants=parse_variants(variants),
+            eval_file=eval_file,
+            out=out,
+            name=name or source.stem,
+            version=version,
+            calibration_file=calibration,
+            output=output_name,
+            assets_dir=assets,
+            preprocessing_file=preprocessing,
+            max_accuracy_drop=max_accuracy_drop,
+            runs=runs,
+            golden=golden,
+            keep_failing=keep_failing,
+            force=force,
+        )
+        report = run_build(request, log=lambda line: console.print(line, highlight=False, markup=False))
+    except BuildError as exc:
+        raise CliError(str(exc)) from exc
+    if json:
+        output.emit_json(report.to_dict())
+    else:
+        _print_build_table(report)
+    if report.failing:
+        raise typer.Exit(1)
+
+
+def _print_build_table(report: BuildReport) -> None:
+    def number(value: float | None, text: str) -> str:
+        return "-" if value is None else text.format(value)
+
+    rows = [
+        [
+            r.variant,
+            r.status,
+            number(r.accuracy, "{:.2%}"),
+            number(None if r.accuracy_drop is None else 100 * r.accuracy_drop, "{:.1f}"),
+            number(None if r.max_slice_gap is None else 100 * r.max_slice_gap, "{:.1f}"),
+            "-" if r.file_size_bytes is None else human_size(r.file_size_bytes),
+            number(r.load_time_ms, "{:.1f}"),
+            "-" if r.peak_rss_bytes is None else human_size(r.peak_rss_bytes),
+            number(r.latency_p50_ms, "{:.3f}"),
+            number(r.latency_p95_ms, "{:.3f}"),
+            "; ".join(filter(None, [r.bundle, r.reason])) or "-",
+        ]
+        for r in report.variants
+    ]
+    title = (
+        f"{report.name}:{report.version} on {report.cpu}, {report.threads} thread; "
+        f"fp32 accuracy {report.fp32_accuracy:.2%}"
+    )
+    columns = ["VARIANT", "STATUS", "ACCURACY", "DROP PTS", "SLICE GAP PTS", "SIZE", "LOAD MS", "PEAK RSS"]
+    columns += ["P50 MS", "P95 MS", "BUNDLE / REASON"]
+    output.stdout().print(output.table(title, columns, rows), highlight=False)
