@@ -21,6 +21,7 @@ from agent.facts import collect_facts
 from agent.identity import Identity, identity_dir, load_identity
 from agent.jobs import JobRunner
 from agent.local_api import LocalInferenceService, start_local_api
+from agent.local_fast import start_fast_api
 from agent.reconcile_shell import GatewaySource, ReconcileShell
 from agent.reconcile_state import InvalidDesiredState, status_report
 from agent.reconciler import DEFAULT_CONFIG
@@ -217,6 +218,12 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         serving, device_id=identity.device_id, record=record, connected=lambda: session.state.connected
     )
     local_api, _ = await start_local_api(service, config.data_dir, tcp_port=config.local_api_tcp_port)
+    # The same service on a lighter framing, for apps where a gRPC call's own cost matters (agent.local_fast).
+    try:
+        fast_api = await start_fast_api(service, config.data_dir)
+    except OSError as exc:  # e.g. a data dir path too long for a unix socket: gRPC still serves
+        fast_api = None
+        log.warning("not serving the fast local socket: %s", exc)
     loop = asyncio.get_running_loop()
 
     def shutdown() -> None:
@@ -239,6 +246,8 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
     finally:
         shutdown()
         await asyncio.wait(tasks, timeout=10)
+        if fast_api is not None:
+            await fast_api.close()
         await local_api.stop(1.0)
         await channel.close()
         telemetry.close()

@@ -2,13 +2,16 @@
 
 Each answer names the build that served it. With ``--file`` every line is one input
 (a text, or a wav path) and one JSON object is printed per line, so an evaluation over
-hundreds of inputs runs in one process over one connection.
+hundreds of inputs runs in one process over one connection. ``--fast`` uses the agent's
+second socket (``inference-fast.sock``, ``agent.local_fast``) instead of gRPC: same answers.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +22,7 @@ app = typer.Typer(help="Run inference through the local agent (on the device).",
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The agent's data dir (holds inference.sock)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 FileOpt = Annotated[Path | None, typer.Option("--file", help="One input per line; one JSON object per line out")]
+FastOpt = Annotated[bool, typer.Option("--fast", help="Use the agent's fast socket (inference-fast.sock), not gRPC")]
 TIMEOUT_SECONDS = 30.0
 
 
@@ -26,7 +30,25 @@ class InferError(Exception):
     """The local agent could not answer; the message says why."""
 
 
-def _stub(data_dir: Path):
+@contextmanager
+def _connect(data_dir: Path, fast: bool) -> Iterator[Callable]:
+    """Yields ``call(method, request)`` over one connection: gRPC, or the fast socket with ``fast``."""
+    if fast:
+        from agent.local_fast import LocalApiError, LocalClient, fast_socket_path
+
+        path = fast_socket_path(data_dir)
+        if not path.exists():
+            raise InferError(f"no agent is serving in {data_dir} ({path} is missing): is `edgefleet agent` running?")
+
+        def call_fast(method: str, request):
+            try:
+                return client.call(method, request)
+            except LocalApiError as exc:
+                raise InferError(f"{exc.details} [{exc.code}]") from exc
+
+        with LocalClient(path, timeout=TIMEOUT_SECONDS) as client:
+            yield call_fast
+        return
     import grpc
 
     from agent.local_api import socket_path
@@ -35,7 +57,9 @@ def _stub(data_dir: Path):
     path = socket_path(data_dir)
     if not path.exists():
         raise InferError(f"no agent is serving in {data_dir} ({path} is missing): is `edgefleet agent` running?")
-    return grpc.insecure_channel(f"unix://{path}"), inference_pb2_grpc.LocalInferenceStub
+    with grpc.insecure_channel(f"unix://{path}") as channel:
+        stub = inference_pb2_grpc.LocalInferenceStub(channel)
+        yield lambda method, request: getattr(stub, method)(request, timeout=TIMEOUT_SECONDS)
 
 
 def _served(result: dict) -> str:
@@ -86,6 +110,7 @@ def text(
     data_dir: DataDirOpt = Path("/var/lib/edgefleet"),
     json_out: JsonOpt = False,
     file: FileOpt = None,
+    fast: FastOpt = False,
 ) -> None:
     """Intent and slots for a text.
 
@@ -93,11 +118,9 @@ def text(
     """
     from protos.edgefleet.v1 import inference_pb2
 
-    channel, stub_class = _stub(data_dir)
-    with channel:
-        stub = stub_class(channel)
+    with _connect(data_dir, fast) as call:
         for item in _inputs(utterance, file):
-            response = stub.Understand(inference_pb2.UnderstandRequest(text=item), timeout=TIMEOUT_SECONDS)
+            response = call("Understand", inference_pb2.UnderstandRequest(text=item))
             result = understand_json(response)
             if json_out or file is not None:
                 sys.stdout.write(json.dumps(result) + "\n")
@@ -112,6 +135,7 @@ def audio(
     data_dir: DataDirOpt = Path("/var/lib/edgefleet"),
     json_out: JsonOpt = False,
     file: FileOpt = None,
+    fast: FastOpt = False,
 ) -> None:
     """The spoken command in a recording (speech found by VAD first).
 
@@ -119,15 +143,13 @@ def audio(
     """
     from protos.edgefleet.v1 import inference_pb2
 
-    channel, stub_class = _stub(data_dir)
-    with channel:
-        stub = stub_class(channel)
+    with _connect(data_dir, fast) as call:
         for item in _inputs(str(wav) if wav else None, file):
             try:
                 data = Path(item).read_bytes()
             except OSError as exc:
                 raise InferError(f"cannot read {item}: {exc.strerror}") from exc
-            response = stub.Recognize(inference_pb2.RecognizeRequest(wav=data), timeout=TIMEOUT_SECONDS)
+            response = call("Recognize", inference_pb2.RecognizeRequest(wav=data))
             result = recognize_json(response)
             if json_out or file is not None:
                 sys.stdout.write(json.dumps(result) + "\n")
@@ -139,7 +161,7 @@ def audio(
 
 
 @app.command("status")
-def status(data_dir: DataDirOpt = Path("/var/lib/edgefleet"), json_out: JsonOpt = False) -> None:
+def status(data_dir: DataDirOpt = Path("/var/lib/edgefleet"), json_out: JsonOpt = False, fast: FastOpt = False) -> None:
     """What the local agent serves now.
 
     Example: edgefleet infer status --data-dir /var/lib/edgefleet
@@ -148,9 +170,8 @@ def status(data_dir: DataDirOpt = Path("/var/lib/edgefleet"), json_out: JsonOpt 
 
     from protos.edgefleet.v1 import inference_pb2
 
-    channel, stub_class = _stub(data_dir)
-    with channel:
-        response = stub_class(channel).GetStatus(inference_pb2.GetStatusRequest(), timeout=TIMEOUT_SECONDS)
+    with _connect(data_dir, fast) as call:
+        response = call("GetStatus", inference_pb2.GetStatusRequest())
     if json_out:
         print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
         return

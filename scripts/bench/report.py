@@ -170,7 +170,7 @@ def serving_rows(r: Any) -> list[tuple[str, str, str]]:
     goal = max(0.15 * bare50, 0.3)  # the script's goal: ≤ 15% or ≤ 0.3 ms, whichever is larger
     ratio = number(r, "rss_ratio")
     model = str(field(r, "model"))
-    return [
+    rows = [
         (
             f"serving: local API `Infer` p50 ({model}, {int(number(r, 'calls')):,} calls)",
             f"{api50:.3f} ms (p99 {number(r, 'local_api_p99_ms'):.3f})",
@@ -191,6 +191,25 @@ def serving_rows(r: Any) -> list[tuple[str, str, str]]:
             f"{met(ratio <= 1.3)}",
         ),
     ]
+    if "fast_p50_ms" in r:  # results from before the fast socket have no such rows
+        fast50, fast_overhead = number(r, "fast_p50_ms"), number(r, "fast_overhead_p50_ms")
+        rows[1:1] = [
+            (
+                "serving: fast socket `Infer` p50 (same model, same calls, interleaved)",
+                f"{fast50:.3f} ms (p99 {number(r, 'fast_p99_ms'):.3f})",
+                f"bare `session.run` {bare50:.3f} ms → +{fast_overhead:.3f} ms (goal ≤ {goal:.3f} ms): "
+                f"{met(fast_overhead <= goal)}; empty call {number(r, 'fast_empty_call_p50_ms'):.3f} ms",
+            )
+        ]
+    if "agent_full_import_rss_bytes" in r:
+        rows.append(
+            (
+                "serving: serving process RSS with every agent module imported",
+                mib(number(r, "agent_full_import_rss_bytes")),
+                f"{number(r, 'full_import_rss_ratio'):.2f}× the bare process (what the whole agent process loads)",
+            )
+        )
+    return rows
 
 
 def artifact_rows(r: Any) -> list[tuple[str, str, str]]:

@@ -15,6 +15,7 @@ from scripts.bench.report import (
     build_block,
     main,
     replace_block,
+    serving_rows,
     write,
 )
 
@@ -52,6 +53,12 @@ SERVING = {
     "agent_rss_bytes": 84.7 * 2**20,
     "bare_rss_bytes": 65.7 * 2**20,
     "rss_ratio": 1.29,
+    "fast_p50_ms": 0.146,
+    "fast_p99_ms": 0.31,
+    "fast_empty_call_p50_ms": 0.061,
+    "fast_overhead_p50_ms": 0.062,
+    "agent_full_import_rss_bytes": 114.8 * 2**20,
+    "full_import_rss_ratio": 1.63,
     "machine": "2 cores",
 }
 ARTIFACT = {
@@ -203,6 +210,9 @@ def test_block_has_one_table_with_the_headline_numbers(tmp_path: Path) -> None:
     assert fetch[1] == "526 MiB/s" and "raw loopback copy 1,743 MiB/s → 30%" in fetch[2] and "not met" in fetch[2]
     rss = by_metric["serving: serving process RSS"]
     assert rss[1] == "84.7 MiB" and "1.29× (goal ≤ 1.3×): met" in rss[2]
+    fast = by_metric["serving: fast socket `Infer` p50 (same model, same calls, interleaved)"]
+    assert fast[1] == "0.146 ms (p99 0.310)" and "+0.062 ms (goal ≤ 0.300 ms): met" in fast[2]
+    assert by_metric["serving: serving process RSS with every agent module imported"][1] == "114.8 MiB"
     never_worse = by_metric["selection: chosen variant never worse than a fixed policy"]
     assert never_worse[1] == "2 / 2 (model, class) pairs" and "always fp32 meets them in 1/2" in never_worse[2]
     good = by_metric["rollout: good version to 500 devices (waves 1,10,50,100)"]
@@ -358,3 +368,14 @@ def test_mqtt_ingest_rows_compare_with_raw_and_grpc(tmp_path: Path) -> None:
     (tmp_path / "mqtt_ingest.json").write_text(json.dumps({**MQTT_INGEST, "raw": {"points_per_second": 2000.0}}))
     mqtt = [r for r in table_rows(build_block(tmp_path)) if r[0].startswith("mqtt: telemetry")][0]
     assert "→ 75.0% (goal ≥ 50%): met" in mqtt[2]
+
+
+def test_serving_result_from_before_the_fast_socket_has_only_the_grpc_rows() -> None:
+    old = {k: v for k, v in SERVING.items() if not k.startswith(("fast_", "agent_full", "full_"))}
+    rows = serving_rows(old)
+    assert [r[0].split(" (")[0] for r in rows] == [
+        "serving: local API `Infer` p50",
+        "serving: empty call",
+        "serving: serving process RSS",
+    ]
+    assert len(serving_rows(SERVING)) == 5
