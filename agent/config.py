@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ __all__ = [
     "parse_cpu_list",
     "parse_labels",
     "parse_mqtt_url",
+    "read_mqtt_ca_file",
     "validate_labels",
 ]
 
@@ -147,6 +149,32 @@ def parse_mqtt_url(url: str) -> tuple[bool, str, int]:
     return parts.scheme == "mqtts", parts.hostname, port or MQTT_DEFAULT_PORTS[parts.scheme]
 
 
+MAX_CA_FILE_BYTES = 1024 * 1024
+
+
+def read_mqtt_ca_file(path: Path) -> str:
+    """The PEM text of the MQTT broker CA file ``mqtt_ca_file``. Raises ``AgentConfigError`` (one line)."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CA_FILE_BYTES + 1)
+    except OSError as exc:
+        raise AgentConfigError(f"cannot read the MQTT broker CA file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CA_FILE_BYTES:
+        raise AgentConfigError(f"the MQTT broker CA file {path} is larger than {MAX_CA_FILE_BYTES} bytes")
+    try:
+        text = data.decode("ascii")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=text)
+        if not context.get_ca_certs():
+            raise ssl.SSLError("no certificate")
+    except (UnicodeDecodeError, ssl.SSLError):
+        raise AgentConfigError(
+            f"the MQTT broker CA file {path} holds no PEM certificate "
+            "(give the CA that issued the broker's certificate, as -----BEGIN CERTIFICATE----- text)"
+        ) from None
+    return text
+
+
 def _allowed_cpus() -> set[int]:
     try:
         return set(os.sched_getaffinity(0))
@@ -183,6 +211,9 @@ class AgentConfig(BaseModel):
     # Artifacts are fetched over the gRPC device port either way.
     transport: Literal["grpc", "mqtt"] = "grpc"
     mqtt_url: str | None = None  # mqtt[s]://host[:port]; None: the URL handed over at join
+    # mqtts:// only: the CA file (PEM) the broker's certificate must chain to, and nothing else is trusted.
+    # None: the CA pinned at enrollment (a broker certificate issued by the edgefleet CA) or the system's CAs.
+    mqtt_ca_file: Path | None = None
 
     @field_validator("mqtt_url")
     @classmethod
@@ -194,7 +225,18 @@ class AgentConfig(BaseModel):
                 raise ValueError(str(exc)) from None
         return value
 
-    @field_validator("data_dir", mode="before")
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _mqtt_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            value = value.expanduser().absolute()
+            try:
+                read_mqtt_ca_file(value)
+            except AgentConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("data_dir", "mqtt_ca_file", mode="before")
     @classmethod
     def _path_from_text(cls, value: object) -> object:
         return Path(value) if isinstance(value, str) else value
@@ -240,6 +282,14 @@ class AgentConfig(BaseModel):
     @classmethod
     def _fact_overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
         return validate_overrides(value)
+
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> AgentConfig:
+        if self.mqtt_ca_file is not None and self.mqtt_url is not None and not parse_mqtt_url(self.mqtt_url)[0]:
+            raise ValueError(
+                f"mqtt_ca_file checks the broker's TLS certificate, but mqtt_url {self.mqtt_url!r} is not mqtts://"
+            )
+        return self
 
     @model_validator(mode="after")
     def _reconnect_range(self) -> AgentConfig:

@@ -131,7 +131,7 @@ def make_session(config: AgentConfig, identity: Identity, **kwargs) -> Session |
     if config.transport == "mqtt":
         from agent.mqtt_session import MqttSession
 
-        return MqttSession(identity, url=config.mqtt_url, **common)
+        return MqttSession(identity, url=config.mqtt_url, ca_file=config.mqtt_ca_file, **common)
     return Session(identity, **common)
 
 

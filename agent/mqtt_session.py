@@ -23,6 +23,10 @@ Invariants:
   good (``SessionEnded``), as on the gRPC stream. Any other Disconnect means the control plane
   closed its side of the session (``controlplane/mqtt_bridge.py``): the agent says hello again
   after a backoff, on the same broker connection;
+- ``mqtts://`` checks the broker's certificate by the rule of ``controlplane/mqtt_tls.py``: the
+  ``mqtt_ca_file`` alone when given, else the CA pinned at enrollment or the system's CAs, and
+  the host name in the URL; a failed handshake is a lost connection (retried after a backoff,
+  its reason in ``state.last_error``), never a plain-text retry;
 - ``on_connected`` is called at each Welcome, as on the gRPC stream: a Welcome means a session
   on the control plane has just opened, whether in answer to this agent's hello or resumed by
   the control plane from the retained presence (after its own or the broker's restart, when
@@ -40,6 +44,7 @@ import random
 import secrets
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -51,7 +56,7 @@ from paho.mqtt.properties import Properties
 
 from agent import __version__
 from agent.backoff import Backoff, BackoffTimer
-from agent.config import parse_mqtt_url
+from agent.config import parse_mqtt_url, read_mqtt_ca_file
 from agent.errors import AgentConfigError
 from agent.identity import Identity
 from agent.session import FACTS_REFRESH_SECONDS, SessionEnded, SessionState, _stable
@@ -73,6 +78,17 @@ MAX_PACKET_BYTES = mqtt.MAX_PAYLOAD_BYTES + 64 * 1024
 STOP_PUBLISH_TIMEOUT_SECONDS = 2.0
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails: paho drops such a socket without closing it."""
+
+    def do_handshake(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().do_handshake(*args, **kwargs)
+        except BaseException:
+            self.close()
+            raise
+
+
 class _Lost(Exception):
     """The connection ended or could not be set up; the run loop reconnects after a backoff."""
 
@@ -86,6 +102,7 @@ class MqttSession:
         *,
         facts: Callable[[], common_pb2.DeviceFacts],
         url: str | None = None,
+        ca_file: Path | None = None,
         heartbeat_interval_seconds: float | None = None,
         connect_timeout_seconds: float = 10.0,
         keepalive_seconds: int = 30,
@@ -95,8 +112,10 @@ class MqttSession:
         on_message: Callable[[agent_pb2.ControlMessage], None] | None = None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
-        """``url`` overrides the broker URL stored at join. Raises ``AgentConfigError`` if there is
-        none, it is invalid, or the fleet / device id cannot be a topic level."""
+        """``url`` overrides the broker URL stored at join. For ``mqtts://``, the broker's certificate must chain to
+        ``ca_file`` when given (``mqtt_ca_file``), else to the CA pinned at enrollment or a system CA. Raises
+        ``AgentConfigError`` if there is no URL, it is invalid, ``ca_file`` cannot be read or is given for a plain
+        ``mqtt://`` URL, or the fleet / device id cannot be a topic level."""
         self.identity = identity
         self.boot_id = secrets.token_hex(8)
         self.state = SessionState()
@@ -108,6 +127,12 @@ class MqttSession:
             )
         self.url = url
         self._tls, self._host, self._port = parse_mqtt_url(url)
+        self._ca_file = ca_file
+        self._tls_context = self._make_tls_context() if self._tls else None
+        if ca_file is not None and not self._tls:
+            raise AgentConfigError(
+                f"mqtt_ca_file checks the broker's TLS certificate, but the broker URL {url} is not mqtts://"
+            )
         try:
             self._root = mqtt.device_root(identity.fleet, identity.device_id)
         except mqtt.TopicError as exc:
@@ -192,15 +217,40 @@ class MqttSession:
         client.will_set(self._topic("presence"), mqtt.PRESENCE_OFFLINE, qos=1, retain=True)
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.connect_timeout = self._connect_timeout
-        if self._tls:
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ident.ca_pem.decode())
-            client.tls_set_context(context)
+        if self._tls_context is not None:
+            client.tls_set_context(self._tls_context)
         # Runs on paho's thread: only hand over to the asyncio loop.
         client.on_connect = lambda _c, _u, _f, reason, _p: post("connack", reason)
         client.on_subscribe = lambda _c, _u, _m, reasons, _p: post("suback", reasons)
         client.on_message = lambda _c, _u, msg: post("message", msg.topic, bytes(msg.payload), msg.retain)
         client.on_disconnect = lambda _c, _u, _f, reason, _p: post("disconnect", reason)
         return client
+
+    def _make_tls_context(self) -> ssl.SSLContext:
+        """The broker CA file alone when given; else the CA pinned at enrollment and the system's CAs."""
+        if self._ca_file is not None:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=read_mqtt_ca_file(self._ca_file))
+        else:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            if self.identity.ca_pem:
+                context.load_verify_locations(cadata=self.identity.ca_pem.decode("ascii"))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.sslsocket_class = _ClosingSSLSocket
+        return context
+
+    def _trust(self) -> str:
+        if self._ca_file is not None:
+            return f"the mqtt_ca_file {self._ca_file}"
+        return "the CA pinned at enrollment and the system's CAs"
+
+    def _tls_failure(self, exc: ssl.SSLError) -> str:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (
+                f"TLS with the MQTT broker at {self.url} failed: its certificate is not trusted "
+                f"({exc.verify_message}); checked against {self._trust()}: set mqtt_ca_file to the CA that "
+                "issued it, for this host name"
+            )
+        return f"TLS with the MQTT broker at {self.url} failed ({exc.reason or exc}): is that port a TLS listener?"
 
     async def _run_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -213,9 +263,17 @@ class MqttSession:
         client = self._make_client(post)
         properties = Properties(PacketTypes.CONNECT)
         properties.MaximumPacketSize = MAX_PACKET_BYTES
-        await asyncio.to_thread(
-            client.connect, self._host, self._port, keepalive=self._keepalive, clean_start=True, properties=properties
-        )
+        try:
+            await asyncio.to_thread(
+                client.connect,
+                self._host,
+                self._port,
+                keepalive=self._keepalive,
+                clean_start=True,
+                properties=properties,
+            )
+        except ssl.SSLError as exc:  # no plain-text fallback: retried after a backoff, like any failed connect
+            raise _Lost(self._tls_failure(exc)) from None
         self._events = events
         if self._stop.is_set():
             events.put_nowait(("stop",))
@@ -235,7 +293,7 @@ class MqttSession:
         self, client: paho.Client, events: asyncio.Queue[tuple[Any, ...]], loop: asyncio.AbstractEventLoop
     ) -> None:
         deadline = loop.time() + self._connect_timeout  # for CONNACK and SUBACK
-        established = False
+        established = answered = False
         next_beat = next_facts = 0.0
         sent_stable = b""
         sequence = 0
@@ -274,6 +332,7 @@ class MqttSession:
                 case ("stop",):
                     return
                 case ("connack", reason):
+                    answered = True
                     if reason.is_failure:
                         if reason.value in FATAL_CONNACK:
                             self.state.fatal = f"{reason} ({reason.value})"
@@ -303,6 +362,9 @@ class MqttSession:
                         next_beat = loop.time() + self._interval
                 case ("disconnect", reason):
                     self.state.connected = False
+                    if not answered:  # e.g. plain MQTT to a TLS-only listener: the broker just closes it
+                        hint = "" if self._tls else " (is it a TLS-only listener? then use mqtts://)"
+                        raise _Lost(f"the MQTT broker at {self.url} closed the connection before answering{hint}")
                     raise _Lost(f"disconnected from the MQTT broker at {self.url}: {reason}")
 
     async def _open(self, client: paho.Client) -> bytes:

@@ -92,6 +92,9 @@ class ServerConfig(BaseModel):
     # Give each device its own broker account at enrollment (controlplane.mqtt_accounts; Mosquitto's dynamic
     # security plugin, with mqtt_url's account holding its admin role) and delete it at revocation.
     mqtt_provision_devices: bool = False
+    # The CA file the broker's certificate must chain to (mqtts:// only; controlplane.mqtt_tls); None = the
+    # edgefleet CA or the system's CAs.
+    mqtt_ca_file: Path | None = None
 
     @model_validator(mode="after")
     def _hours_outlive_minutes(self) -> ServerConfig:
@@ -104,6 +107,23 @@ class ServerConfig(BaseModel):
         if self.mqtt_provision_devices and not self.mqtt_url:
             raise ValueError("mqtt_provision_devices needs mqtt_url (the broker whose accounts it manages)")
         return self
+
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> ServerConfig:
+        if self.mqtt_ca_file is not None and not (self.mqtt_url and parse_broker_url(self.mqtt_url).tls):
+            raise ValueError("mqtt_ca_file needs an mqtts:// mqtt_url (the CA checks the broker's TLS certificate)")
+        return self
+
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _readable_ca_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        from controlplane.mqtt_tls import read_ca_file
+
+        value = value.expanduser().absolute()
+        read_ca_file(value)  # raises ValueError naming the file and what is wrong
+        return value
 
     @field_validator("mqtt_url", "mqtt_device_url")
     @classmethod

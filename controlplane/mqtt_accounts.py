@@ -25,6 +25,7 @@ import json
 import logging
 import queue
 import secrets
+import ssl
 import threading
 from typing import Any
 
@@ -69,9 +70,12 @@ def device_acls(fleet: str, device_id: str) -> list[dict[str, Any]]:
 class BrokerAccounts:
     """Dynamic-security commands through the control plane's broker account (``mqtt_url``)."""
 
-    def __init__(self, url: str, timeout: float = TIMEOUT_SECONDS) -> None:
+    def __init__(self, url: str, timeout: float = TIMEOUT_SECONDS, *, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: the context for an ``mqtts://`` URL, ``controlplane.mqtt_tls.for_config`` (the bridge's rule);
+        None there means the system's CAs only."""
         self.broker = parse_broker_url(url)
         self.timeout = timeout
+        self.tls = tls
 
     # --- what enrollment and revocation call ---
 
@@ -145,7 +149,7 @@ class BrokerAccounts:
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password or None)
         if self.broker.tls:
-            client.tls_set()
+            client.tls_set_context(self.tls or ssl.create_default_context())
 
         def on_connect(c, userdata, flags, reason_code, properties) -> None:
             events.put(("connack", reason_code))
@@ -168,6 +172,12 @@ class BrokerAccounts:
         where = f"{self.broker.host}:{self.broker.port}"
         try:
             client.connect(self.broker.host, self.broker.port, keepalive=30)
+        except ssl.SSLError as exc:
+            why = getattr(exc, "verify_message", None) or exc.reason or exc
+            raise BrokerAccountError(
+                f"MQTT broker {where}: TLS failed ({why}); its certificate must chain to the --mqtt-ca file, "
+                "or without one to the edgefleet CA or a system CA"
+            ) from exc
         except (OSError, ValueError) as exc:
             raise BrokerAccountError(f"MQTT broker {where} unreachable: {exc}") from exc
         client.loop_start()

@@ -50,7 +50,9 @@ message); the Welcome makes the agent resend every unacked telemetry batch, and 
 
 Reconnects: paho's own reconnect is off; ``_run`` reconnects with capped exponential backoff and full
 jitter (the policy of ``agent/backoff.py``, restated in ``_Backoff`` since the control plane does not
-import the agent). ``mqtts://`` uses the system's trusted CAs. Broker authentication is the broker's:
+import the agent). ``mqtts://`` checks the broker's certificate by ``controlplane.mqtt_tls``'s rule (the
+``--mqtt-ca`` file if given, else the edgefleet CA or the system's CAs; never a plain-text fallback); a failed
+handshake is logged as such and retried like an unreachable broker. Broker authentication is the broker's:
 with ``--mqtt-provision-devices`` each device has its own broker account limited to its own subtree
 (``controlplane/mqtt_accounts.py``, deploy/mosquitto/); without it, anyone who may publish on the
 broker can speak for any device.
@@ -62,6 +64,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
@@ -72,6 +75,7 @@ from paho.mqtt.properties import Properties
 
 from controlplane.config import parse_broker_url
 from controlplane.errors import InvalidRequest, PermissionDenied
+from controlplane.mqtt_tls import broker_tls_context, tls_failure
 from controlplane.presence import SessionHandle
 from controlplane.services import telemetry
 from controlplane.services.context import Services
@@ -142,8 +146,11 @@ class BridgeStats:
 
 class MqttBridge:
     def __init__(self, services: Services, url: str) -> None:
+        """Raises ValueError if the URL is invalid or, for mqtts://, the configured broker CA file cannot be used."""
         self.s = services
         self.broker = parse_broker_url(url)
+        self._ca_file = services.config.mqtt_ca_file
+        self._tls = broker_tls_context(self._ca_file, services.ca.cert_pem) if self.broker.tls else None
         self.stats = BridgeStats()
         self.connected = asyncio.Event()  # set while the broker has accepted the connection
         self._loop = asyncio.get_running_loop()
@@ -154,6 +161,7 @@ class MqttBridge:
         self._nudged: dict[str, float] = {}  # device -> loop time of the last "say hello" Disconnect
         self._task: asyncio.Task | None = None
         self._accepted_now = False
+        self._answered = False
         self._client = self._make_client()  # one client for the bridge's life: what it queued while away goes out
 
     def _make_client(self) -> paho.Client:
@@ -165,8 +173,8 @@ class MqttBridge:
         )
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password or None)
-        if self.broker.tls:
-            client.tls_set()
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -205,6 +213,7 @@ class MqttBridge:
         while True:
             self._lost.clear()
             self._accepted_now = False
+            self._answered = False  # any CONNACK, set on paho's thread
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
             connecting = asyncio.ensure_future(
@@ -224,6 +233,12 @@ class MqttBridge:
                     await connecting
                 _close_sockets(self._client)
                 raise
+            except ssl.SSLError as exc:  # before OSError, its base: say what to fix
+                _close_sockets(self._client)
+                delay = backoff.next_delay()
+                log.error("MQTT broker %s: %s; retrying in %.1f s", where, tls_failure(exc, self._ca_file), delay)
+                await asyncio.sleep(delay)
+                continue
             except (OSError, ValueError) as exc:
                 _close_sockets(self._client)
                 delay = backoff.next_delay()
@@ -241,12 +256,21 @@ class MqttBridge:
             if self._accepted_now:
                 backoff.reset()
             delay = backoff.next_delay()
-            log.warning("MQTT connection to %s lost; reconnecting in %.1f s", where, delay)
+            if not self._answered and not self.broker.tls:  # e.g. a TLS-only listener: it just closes
+                log.warning(
+                    "MQTT broker %s closed the connection before accepting it (a TLS-only listener? then use "
+                    "mqtts://); reconnecting in %.1f s",
+                    where,
+                    delay,
+                )
+            else:
+                log.warning("MQTT connection to %s lost; reconnecting in %.1f s", where, delay)
             await asyncio.sleep(delay)
 
     # --- paho thread: hand everything to the event loop ---
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._answered = True
         if reason_code.is_failure:
             log.warning("MQTT broker refused the control plane: %s", reason_code)
             return

@@ -237,10 +237,16 @@ async def start(config: ServerConfig) -> RunningServer:
     bridge: MqttBridge | None = None
     if config.mqtt_url:
         from controlplane.mqtt_bridge import MqttBridge
+        from controlplane.mqtt_tls import trust_description
 
         bridge = MqttBridge(services, config.mqtt_url)
         bridge.start()
-        log.info("bridging MQTT broker %s", parse_broker_url(config.mqtt_url).without_credentials())
+        broker = parse_broker_url(config.mqtt_url)
+        log.info(
+            "bridging MQTT broker %s%s",
+            broker.without_credentials(),
+            f" (its certificate checked against {trust_description(config.mqtt_ca_file)})" if broker.tls else "",
+        )
     rollup_task = asyncio.get_running_loop().create_task(_retention_loop(services, stats), name="retention")
     rollout_stop = asyncio.Event()
     rollout_task = asyncio.get_running_loop().create_task(rollouts.run(rollout_stop), name="rollouts")

@@ -77,6 +77,14 @@ def server(
             help="Give each device its own broker account at join (Mosquitto dynamic security; see deploy/mosquitto)",
         ),
     ] = False,
+    mqtt_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--mqtt-ca",
+            help="CA file (PEM) the mqtts:// broker's certificate must chain to "
+            "(default: the edgefleet CA or the system's CAs)",
+        ),
+    ] = None,
     ready_file: Annotated[
         Path | None, typer.Option("--ready-file", help="Write 'API_PORT DEVICE_PORT PID' here when ready")
     ] = None,
@@ -118,11 +126,13 @@ def server(
             mqtt_url=mqtt,
             mqtt_device_url=mqtt_device_url,
             mqtt_provision_devices=mqtt_provision_devices,
+            mqtt_ca_file=mqtt_ca,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"])) or "combination"
-        raise CliError(f"invalid server option {where}: {first['msg']}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        raise CliError(f"invalid server option {where}: {message}") from exc
     try:
         asyncio.run(serve(config, ready_file=ready_file))
     except (DataDirError, StoreError, ValueError) as exc:

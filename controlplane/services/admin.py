@@ -214,10 +214,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if handle is not None:
             handle.close(reason, revoked=True)
         if self.s.config.mqtt_provision_devices:
+            from controlplane import mqtt_tls
             from controlplane.mqtt_accounts import BrokerAccountError, BrokerAccounts
 
             try:  # the broker disconnects it; the bridge drops what a revoked device publishes anyway
-                await BrokerAccounts(self.s.config.mqtt_url).delete_device(request.device_id)
+                tls = mqtt_tls.for_config(self.s.config, self.s.ca.cert_pem)
+                await BrokerAccounts(self.s.config.mqtt_url, tls=tls).delete_device(request.device_id)
             except BrokerAccountError as exc:
                 log.error(
                     "device %s is revoked but its broker account is not deleted (%s): "

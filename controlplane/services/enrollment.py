@@ -62,13 +62,14 @@ class EnrollmentService(enrollment_pb2_grpc.EnrollmentServicer):
         creds = mqtt_credentials(s, token.fleet, request.device_id)
         accounts = None
         if s.config.mqtt_provision_devices:
+            from controlplane import mqtt_tls
             from controlplane.mqtt_accounts import RESERVED_PREFIX, BrokerAccounts
 
             if creds is None:  # ids that cannot be topic levels (the name pattern keeps these out already)
                 raise InvalidRequest(f"device id {request.device_id!r} cannot be an MQTT client id and topic level")
             if request.device_id.startswith(RESERVED_PREFIX):
                 raise InvalidRequest(f"device ids starting with {RESERVED_PREFIX!r} are the control plane's")
-            accounts = BrokerAccounts(s.config.mqtt_url)
+            accounts = BrokerAccounts(s.config.mqtt_url, tls=mqtt_tls.for_config(s.config, s.ca.cert_pem))
             creds.password = await accounts.create_device(token.fleet, request.device_id)
         try:
             await s.db(

@@ -55,7 +55,8 @@ for i in session.get_inputs():
     feed[i.name] = np.zeros(shape, dtype=dtypes.get(i.type, np.float32))
 for _ in range(50):
     session.run(None, feed)
-status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(("VmRSS", "RssAnon"))}
+lines = [l for l in open("/proc/self/status") if l.startswith(("VmRSS", "RssAnon"))]
+status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in lines}
 print(json.dumps({"rss": status["VmRSS"], "anon": status["RssAnon"], "modules": len(sys.modules)}), flush=True)
 sys.stdin.read()
 """
@@ -246,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         f"bare onnxruntime      RSS {result['bare_rss_bytes'] / mib:.1f} MiB, of it anonymous "
         f"{result['bare_anon_bytes'] / mib:.1f} MiB; {result['bare_modules']} modules"
     )
+    verdict = "met" if result["goal_met"] else "NOT met"
     print(
-        f"ratio                 RSS {result['rss_ratio']:.2f}x (goal <= 1.3x: {'met' if result['goal_met'] else 'NOT met'}); "
+        f"ratio                 RSS {result['rss_ratio']:.2f}x (goal <= 1.3x: {verdict}); "
         f"anonymous {result['anon_ratio']:.2f}x"
     )
     print("agent's largest mappings (resident):")
