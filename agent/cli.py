@@ -64,6 +64,14 @@ def agent(
         str | None,
         typer.Option("--mqtt-url", help="Broker URL, mqtt[s]://host[:port] (default: the one handed over at join)"),
     ] = None,
+    mqtt_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--mqtt-ca",
+            help="CA file (PEM) the broker's certificate must chain to, for mqtts:// "
+            "(default: the CA pinned at join, or the system's CAs)",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")] = "info",
 ) -> None:
     """Run the agent: join with --join on first start, then keep the session to the control plane.
@@ -97,6 +105,7 @@ def agent(
             ),
             transport=transport,
             mqtt_url=mqtt_url,
+            mqtt_ca_file=mqtt_ca,
         )
         asyncio.run(run(cfg, join=join, device_id=device_id))
     except (AgentConfigError, JoinStringError) as exc:

@@ -1,15 +1,19 @@
-"""`edgefleet agent` options that simulate a device class: --onnx-threads, --cpu-affinity, --memory-budget.
+"""`edgefleet agent` options: the device-class simulation (--onnx-threads, --cpu-affinity, --memory-budget), --mqtt-ca.
 
 The agent command is run by typer with the daemon replaced, so each test sees the config it would start with.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
 import pytest
 import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from agent import daemon
@@ -57,6 +61,8 @@ def test_options_not_given_leave_the_defaults(monkeypatch: pytest.MonkeyPatch, t
         (("--memory-budget", "1.5GB"), "--memory-budget: '1.5GB' is not a whole number"),
         (("--memory-budget", f"{2**64}"), "model_memory_budget_bytes (from command line)"),
         (("--onnx-threads", "300"), "onnx_threads (from command line)"),
+        (("--mqtt-url", "mqtts://broker:8883", "--mqtt-ca", "/nonexistent/ca.pem"), "mqtt_ca_file"),
+        (("--mqtt-url", "mqtt://broker:1883", "--mqtt-ca", __file__), "mqtt_ca_file"),
     ],
 )
 def test_bad_values_end_with_exit_code_2_and_a_clear_message(
@@ -82,3 +88,25 @@ def test_cpu_affinity_is_applied_to_the_process(monkeypatch: pytest.MonkeyPatch,
     assert pinned == []
     daemon.apply_cpu_affinity(AgentConfig(data_dir=tmp_path, cpu_affinity=(CPU,)))
     assert pinned == [(0, {CPU})]
+
+
+def test_the_broker_ca_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "broker-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    ca = tmp_path / "broker-ca.pem"
+    ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    result, started = invoke(monkeypatch, tmp_path, "--mqtt-url", "mqtts://broker:8883", "--mqtt-ca", str(ca))
+    assert result.exit_code == 0, result.output
+    assert started[0].mqtt_ca_file == ca
