@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.backoff import Backoff
 from agent.errors import AgentConfigError
 from agent.facts import validate_overrides
+from protos.mqtt import read_broker_ca
 
 __all__ = [
     "AgentConfig",
@@ -149,30 +149,12 @@ def parse_mqtt_url(url: str) -> tuple[bool, str, int]:
     return parts.scheme == "mqtts", parts.hostname, port or MQTT_DEFAULT_PORTS[parts.scheme]
 
 
-MAX_CA_FILE_BYTES = 1024 * 1024
-
-
 def read_mqtt_ca_file(path: Path) -> str:
     """The PEM text of the MQTT broker CA file ``mqtt_ca_file``. Raises ``AgentConfigError`` (one line)."""
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CA_FILE_BYTES + 1)
-    except OSError as exc:
-        raise AgentConfigError(f"cannot read the MQTT broker CA file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_CA_FILE_BYTES:
-        raise AgentConfigError(f"the MQTT broker CA file {path} is larger than {MAX_CA_FILE_BYTES} bytes")
-    try:
-        text = data.decode("ascii")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cadata=text)
-        if not context.get_ca_certs():
-            raise ssl.SSLError("no certificate")
-    except (UnicodeDecodeError, ssl.SSLError):
-        raise AgentConfigError(
-            f"the MQTT broker CA file {path} holds no PEM certificate "
-            "(give the CA that issued the broker's certificate, as -----BEGIN CERTIFICATE----- text)"
-        ) from None
-    return text
+        return read_broker_ca(path)
+    except ValueError as exc:
+        raise AgentConfigError(str(exc)) from None
 
 
 def _allowed_cpus() -> set[int]:

@@ -20,33 +20,12 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from protos.mqtt import read_broker_ca
+
 if TYPE_CHECKING:
     from controlplane.config import ServerConfig
 
-MAX_CA_FILE_BYTES = 1024 * 1024
-
-
-def read_ca_file(path: Path) -> str:
-    """The PEM text of a broker CA file. Raises ValueError (one line, naming the file and what to do)."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CA_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read the MQTT broker CA file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_CA_FILE_BYTES:
-        raise ValueError(f"the MQTT broker CA file {path} is larger than {MAX_CA_FILE_BYTES} bytes")
-    try:
-        text = data.decode("ascii")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cadata=text)
-        if not context.get_ca_certs():
-            raise ssl.SSLError("no certificate")
-    except (UnicodeDecodeError, ssl.SSLError):
-        raise ValueError(
-            f"the MQTT broker CA file {path} holds no PEM certificate "
-            "(give the CA that issued the broker's certificate, as -----BEGIN CERTIFICATE----- text)"
-        ) from None
-    return text
+read_ca_file = read_broker_ca  # ValueError, one line, naming the file
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from protos.limits import MAX_SESSION_MESSAGE_BYTES
 
@@ -99,3 +100,35 @@ def check_payload(payload: bytes) -> bytes:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise TopicError(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD_BYTES} byte cap")
     return payload
+
+
+MAX_CA_FILE_BYTES = 1024 * 1024
+
+
+def read_broker_ca(path: Path) -> str:
+    """The PEM text of a broker CA file (agent ``mqtt_ca_file``, server ``--mqtt-ca``).
+
+    Raises:
+        ValueError: unreadable, over 1 MiB, or holding no CA certificate; one line naming the file.
+    """
+    import ssl  # here, not at import: the agent's resident process needs ssl only for mqtts
+
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CA_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the MQTT broker CA file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CA_FILE_BYTES:
+        raise ValueError(f"the MQTT broker CA file {path} is larger than {MAX_CA_FILE_BYTES} bytes")
+    try:
+        text = data.decode("ascii")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=text)
+        if not context.get_ca_certs():
+            raise ssl.SSLError("no certificate")
+    except (UnicodeDecodeError, ssl.SSLError):
+        raise ValueError(
+            f"the MQTT broker CA file {path} holds no PEM certificate "
+            "(give the CA that issued the broker's certificate, as -----BEGIN CERTIFICATE----- text)"
+        ) from None
+    return text
