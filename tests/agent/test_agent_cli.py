@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import typer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from agent import daemon
 from agent.cli import AgentExit, agent
 from agent.config import AgentConfig
+from controlplane.pki import create_ca
 
 CPU = sorted(os.sched_getaffinity(0))[0]
 
@@ -91,22 +89,8 @@ def test_cpu_affinity_is_applied_to_the_process(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_the_broker_ca_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "broker-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     ca = tmp_path / "broker-ca.pem"
-    ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    ca.write_bytes(create_ca("broker-ca", datetime.datetime.now(datetime.UTC)).cert_pem)
     result, started = invoke(monkeypatch, tmp_path, "--mqtt-url", "mqtts://broker:8883", "--mqtt-ca", str(ca))
     assert result.exit_code == 0, result.output
     assert started[0].mqtt_ca_file == ca
