@@ -157,7 +157,7 @@ class Histogram:
 
     def to_proto(self) -> telemetry_pb2.LatencyHistogram:
         """Return the wire form, with trailing zero buckets trimmed."""
-        last = max((i for i, n in enumerate(self.counts) if n), default=-1)
+        last = _highest_nonzero(self.counts)
         return telemetry_pb2.LatencyHistogram(
             scheme=SCHEME, counts=self.counts[: last + 1], sum_ms=self.sum_ms, max_ms=self.max_ms
         )
@@ -194,6 +194,11 @@ def _validate(counts: list[int], sum_ms: float, max_ms: float) -> None:
         if sum_ms or max_ms:
             raise ValueError("an empty histogram must have sum_ms and max_ms of 0")
         return
-    highest = BUCKETS - 1 - next(i for i, n in enumerate(reversed(counts)) if n)
+    highest = _highest_nonzero(counts)
     if bucket_index(max_ms) != highest:
         raise ValueError(f"max_ms {max_ms!r} is not in the highest non-empty bucket ({highest})")
+
+
+def _highest_nonzero(counts: list[int]) -> int:
+    """Index of the last non-zero count, -1 if none (a scan in C: this runs per telemetry point)."""
+    return bytes(map(bool, counts)).rfind(1)
