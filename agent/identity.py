@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -28,12 +29,15 @@ from cryptography.x509.oid import NameOID
 
 from agent.errors import EnrollmentError, IdentityError, TransportError
 
+log = logging.getLogger("edgefleet.agent.identity")
+
 IDENTITY_DIR = "identity"
 KEY_FILE = "device.key"
 CERT_FILE = "device.crt"
 CA_FILE = "ca.crt"
 META_FILE = "identity.json"
 MQTT_PASSWORD_FILE = "mqtt.password"  # owner-only, like the key; absent when the join handed over no broker
+MQTT_CA_FILE = "mqtt-ca.crt"  # the broker's CA handed over at join (--mqtt-ca on the control plane); often absent
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,11 @@ class Identity:
     mqtt_client_id: str = ""
     mqtt_topic_root: str = ""
     mqtt_password: str = ""  # secret: kept out of identity.json, in an owner-only file
+    mqtt_ca_pem: bytes = b""  # the broker's CA, when the control plane was given one (--mqtt-ca)
 
     def to_meta(self) -> dict:
         meta = asdict(self)
-        for name in ("key_pem", "cert_pem", "ca_pem", "mqtt_password"):
+        for name in ("key_pem", "cert_pem", "ca_pem", "mqtt_password", "mqtt_ca_pem"):
             meta.pop(name)
         return meta
 
@@ -76,7 +81,20 @@ def mqtt_fields(credentials: object) -> dict[str, str]:
         "mqtt_client_id": credentials.client_id,
         "mqtt_topic_root": credentials.topic_root,
         "mqtt_password": credentials.password,
+        "mqtt_ca_pem": _broker_ca(bytes(getattr(credentials, "ca_pem", b""))),
     }
+
+
+def _broker_ca(pem: bytes) -> bytes:
+    """The broker CA the control plane handed over, or b"" (with a warning) if it holds no certificate."""
+    if not pem:
+        return b""
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        log.warning("ignoring the broker CA handed over at join: %s; set mqtt_ca_file if the broker needs one", exc)
+        return b""
+    return pem
 
 
 def generate_key_and_csr(device_id: str) -> tuple[bytes, bytes]:
@@ -151,6 +169,8 @@ def save_identity(data_dir: Path, identity: Identity) -> None:
     ]
     if identity.mqtt_password:
         files.append((MQTT_PASSWORD_FILE, identity.mqtt_password.encode(), 0o600))
+    if identity.mqtt_ca_pem:
+        files.append((MQTT_CA_FILE, identity.mqtt_ca_pem, 0o644))
     for name, data, mode in files:
         fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
@@ -178,6 +198,9 @@ def load_identity(data_dir: Path) -> Identity:
         password = folder / MQTT_PASSWORD_FILE
         if password.exists():
             meta["mqtt_password"] = password.read_text()
+        broker_ca = folder / MQTT_CA_FILE
+        if broker_ca.exists():
+            meta["mqtt_ca_pem"] = broker_ca.read_bytes()
         identity = Identity(
             **meta,
             key_pem=(folder / KEY_FILE).read_bytes(),
@@ -186,6 +209,8 @@ def load_identity(data_dir: Path) -> Identity:
         )
         x509.load_pem_x509_certificate(identity.cert_pem)
         x509.load_pem_x509_certificate(identity.ca_pem)
+        if identity.mqtt_ca_pem:
+            x509.load_pem_x509_certificates(identity.mqtt_ca_pem)
     except (OSError, ValueError, TypeError) as exc:
         raise IdentityError(f"the identity in {folder} is corrupt ({exc}); re-join the device") from exc
     return identity

@@ -232,8 +232,9 @@ class MqttSession:
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=read_mqtt_ca_file(self._ca_file))
         else:
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-            if self.identity.ca_pem:
-                context.load_verify_locations(cadata=self.identity.ca_pem.decode("ascii"))
+            for pem in (self.identity.ca_pem, self.identity.mqtt_ca_pem):  # pinned CA, broker CA from the join
+                if pem:
+                    context.load_verify_locations(cadata=pem.decode("ascii"))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.sslsocket_class = _ClosingSSLSocket
         return context
@@ -241,6 +242,8 @@ class MqttSession:
     def _trust(self) -> str:
         if self._ca_file is not None:
             return f"the mqtt_ca_file {self._ca_file}"
+        if self.identity.mqtt_ca_pem:
+            return "the CA pinned at enrollment, the broker CA handed over at join and the system's CAs"
         return "the CA pinned at enrollment and the system's CAs"
 
     def _tls_failure(self, exc: ssl.SSLError) -> str:

@@ -117,4 +117,13 @@ def mqtt_credentials(s: Services, fleet: str, device_id: str) -> enrollment_pb2.
         log.warning("device %s gets no MQTT settings: %s", device_id, exc)
         return None
     url = s.config.mqtt_device_url or parse_broker_url(s.config.mqtt_url).without_credentials()
-    return enrollment_pb2.MqttCredentials(url=url, username=device_id, client_id=device_id, topic_root=root)
+    # The operator's broker CA (--mqtt-ca), checked at start-up: devices trust it besides their pinned CA.
+    ca_pem = b""
+    if s.config.mqtt_ca_file:
+        try:
+            ca_pem = mqtt.read_broker_ca(s.config.mqtt_ca_file).encode()
+        except ValueError as exc:  # changed since start-up: the device can still be given mqtt_ca_file
+            log.warning("device %s gets no broker CA: %s", device_id, exc)
+    return enrollment_pb2.MqttCredentials(
+        url=url, username=device_id, client_id=device_id, topic_root=root, ca_pem=ca_pem
+    )

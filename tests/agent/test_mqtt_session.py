@@ -579,5 +579,24 @@ def test_mqtt_fields_from_the_enroll_response() -> None:
         "mqtt_client_id": DEVICE,
         "mqtt_topic_root": "x",
         "mqtt_password": "s3cret",
+        "mqtt_ca_pem": b"",
     }
     assert mqtt_fields(enrollment_pb2.MqttCredentials()) == {} and mqtt_fields(None) == {}
+
+
+def test_a_broker_ca_handed_over_at_join_is_kept_with_the_identity_and_a_bad_one_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pem = self_signed_pem()
+    credentials = enrollment_pb2.MqttCredentials(url="mqtts://broker:8883", username=DEVICE, ca_pem=pem)
+    fields = mqtt_fields(credentials)
+    assert fields["mqtt_ca_pem"] == pem
+    saved = Identity(**{**identity(**fields).to_meta(), "mqtt_ca_pem": pem, "cert_pem": pem, "ca_pem": pem})
+    save_identity(tmp_path, saved)
+    assert (tmp_path / "identity" / "mqtt-ca.crt").read_bytes() == pem
+    assert "mqtt_ca_pem" not in json.loads((tmp_path / "identity" / "identity.json").read_text())
+    assert load_identity(tmp_path).mqtt_ca_pem == pem
+
+    credentials.ca_pem = b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+    assert mqtt_fields(credentials)["mqtt_ca_pem"] == b""
+    assert "ignoring the broker CA handed over at join" in caplog.text

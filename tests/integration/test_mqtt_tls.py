@@ -31,10 +31,10 @@ from agent.backoff import Backoff
 from agent.config import load_config
 from agent.errors import AgentConfigError
 from agent.facts import collect_facts
-from agent.identity import Identity
+from agent.identity import Identity, load_identity
 from agent.mqtt_session import MqttSession
 from agent.session import SessionEnded
-from controlplane.pki import create_ca, load_or_create_ca
+from controlplane.pki import CA_CERT_FILE, CA_KEY_FILE, create_ca, load_or_create_ca, write_private
 from protos.edgefleet.v1 import agent_pb2
 from protos.limits import TLS_SERVER_NAME
 from tests.integration.conftest import server_config
@@ -87,12 +87,28 @@ def shipped_config(port: int, certs: Path, state: Path) -> str:
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[TlsBroker]:
+    """The broker's certificate issued from the control plane's CA."""
+    yield from _tls_broker(tmp_path, tmp_path / "server")
+
+
+@pytest.fixture
+def private_ca_broker(tmp_path: Path) -> Iterator[TlsBroker]:
+    """The broker's certificate issued from a CA of its own, not the control plane's (``certs/ca.crt``)."""
+    yield from _tls_broker(tmp_path, tmp_path / "broker-ca")
+
+
+def _tls_broker(tmp_path: Path, ca_dir: Path) -> Iterator[TlsBroker]:
     server_dir, certs, state = tmp_path / "server", tmp_path / "certs", tmp_path / "mosquitto"
     server_dir.mkdir(mode=0o700)
-    state.mkdir()
     load_or_create_ca(server_dir, dt.datetime.now(dt.UTC))  # the CA the control plane will load at start
+    if ca_dir != server_dir:  # the operator's own CA, under its own name
+        ca_dir.mkdir(mode=0o700)
+        own = create_ca("operator's broker CA", dt.datetime.now(dt.UTC))
+        write_private(ca_dir / CA_KEY_FILE, own.key_pem, 0o600)
+        write_private(ca_dir / CA_CERT_FILE, own.cert_pem, 0o644)
+    state.mkdir()
     subprocess.run(
-        [sys.executable, str(ISSUE), "--data-dir", str(server_dir), "--name", "127.0.0.1", "--out", str(certs)],
+        [sys.executable, str(ISSUE), "--data-dir", str(ca_dir), "--name", "127.0.0.1", "--out", str(certs)],
         check=True,
         capture_output=True,
         timeout=60,
@@ -287,6 +303,37 @@ def test_a_broker_certificate_from_an_untrusted_ca_is_refused_with_a_clear_error
         finally:
             other.stop()
     assert cp_tls.running.mqtt.connected.is_set()  # the real bridge kept its session throughout
+
+
+def test_the_broker_ca_given_to_the_control_plane_is_handed_to_devices_at_join(private_ca_broker, devices, tmp_path):
+    """A broker certificate from the operator's own CA: the server checks it with --mqtt-ca, and devices that join
+    get that CA with their broker account, so they connect with no mqtt_ca_file of their own."""
+    broker_ca = private_ca_broker.certs / "ca.crt"
+    config = server_config(
+        private_ca_broker.server_dir,
+        mqtt_url=private_ca_broker.cp_url,
+        mqtt_provision_devices=True,
+        mqtt_ca_file=broker_ca,
+        heartbeat_interval_seconds=5,
+    )
+    server = ServerThread(config)
+    try:
+        wait_for(lambda: server.running.mqtt.connected.is_set(), timeout=15, what="the bridge on --mqtt-ca")
+        identity = _enroll(server, tmp_path, DEVICE)
+        assert identity.mqtt_ca_pem == broker_ca.read_bytes()
+        stored = load_identity(tmp_path / DEVICE)  # kept with the identity, read back at every start
+        assert stored.mqtt_ca_pem == broker_ca.read_bytes() and stored.ca_pem != stored.mqtt_ca_pem
+
+        device = devices(stored)
+        wait_for(lambda: device.session.state.welcomed, timeout=20, what="a Welcome through the private-CA broker")
+        wait_for(lambda: server.is_online(DEVICE), timeout=20, what=f"{DEVICE} online over MQTT")
+        device.close()
+
+        # Without it (a device enrolled before, or given another control plane's settings) the broker is refused.
+        without = devices(dataclasses.replace(stored, mqtt_ca_pem=b""))
+        assert "checked against the CA pinned at enrollment and the system's CAs" in _never_connects(without)
+    finally:
+        server.stop()
 
 
 def test_plain_mqtt_to_the_tls_only_listener_fails(cp_tls, tls_broker, devices, tmp_path, caplog):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.edgefleet.v1 import common_pb2 as edgefleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gefleet/v1/enrollment.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/common.proto\"\x7f\n\rEnrollRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\x0c\x12(\n\x05\x66\x61\x63ts\x18\x05 \x01(\x0b\x32\x19.edgefleet.v1.DeviceFacts\"i\n\x0fMqttCredentials\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x12\n\ntopic_root\x18\x05 \x01(\t\"\xf3\x02\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x04 \x01(\x0c\x12\x17\n\x0f\x64\x65vice_endpoint\x18\x05 \x01(\t\x12\x17\n\x0ftls_server_name\x18\x06 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x07 \x01(\r\x12\x38\n\x06labels\x18\x08 \x03(\x0b\x32(.edgefleet.v1.EnrollResponse.LabelsEntry\x12\x1e\n\x16trusted_publisher_keys\x18\t \x03(\x0c\x12+\n\x04mqtt\x18\n \x01(\x0b\x32\x1d.edgefleet.v1.MqttCredentials\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32Q\n\nEnrollment\x12\x43\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gefleet/v1/enrollment.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/common.proto\"\x7f\n\rEnrollRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\x0c\x12(\n\x05\x66\x61\x63ts\x18\x05 \x01(\x0b\x32\x19.edgefleet.v1.DeviceFacts\"y\n\x0fMqttCredentials\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x12\n\ntopic_root\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x06 \x01(\x0c\"\xf3\x02\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x04 \x01(\x0c\x12\x17\n\x0f\x64\x65vice_endpoint\x18\x05 \x01(\t\x12\x17\n\x0ftls_server_name\x18\x06 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x07 \x01(\r\x12\x38\n\x06labels\x18\x08 \x03(\x0b\x32(.edgefleet.v1.EnrollResponse.LabelsEntry\x12\x1e\n\x16trusted_publisher_keys\x18\t \x03(\x0c\x12+\n\x04mqtt\x18\n \x01(\x0b\x32\x1d.edgefleet.v1.MqttCredentials\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32Q\n\nEnrollment\x12\x43\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,11 +37,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLREQUEST']._serialized_start=74
   _globals['_ENROLLREQUEST']._serialized_end=201
   _globals['_MQTTCREDENTIALS']._serialized_start=203
-  _globals['_MQTTCREDENTIALS']._serialized_end=308
-  _globals['_ENROLLRESPONSE']._serialized_start=311
-  _globals['_ENROLLRESPONSE']._serialized_end=682
-  _globals['_ENROLLRESPONSE_LABELSENTRY']._serialized_start=637
-  _globals['_ENROLLRESPONSE_LABELSENTRY']._serialized_end=682
-  _globals['_ENROLLMENT']._serialized_start=684
-  _globals['_ENROLLMENT']._serialized_end=765
+  _globals['_MQTTCREDENTIALS']._serialized_end=324
+  _globals['_ENROLLRESPONSE']._serialized_start=327
+  _globals['_ENROLLRESPONSE']._serialized_end=698
+  _globals['_ENROLLRESPONSE_LABELSENTRY']._serialized_start=653
+  _globals['_ENROLLRESPONSE_LABELSENTRY']._serialized_end=698
+  _globals['_ENROLLMENT']._serialized_start=700
+  _globals['_ENROLLMENT']._serialized_end=781
 # @@protoc_insertion_point(module_scope)

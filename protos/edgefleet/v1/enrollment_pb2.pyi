@@ -22,18 +22,20 @@ class EnrollRequest(_message.Message):
     def __init__(self, token_id: _Optional[str] = ..., secret: _Optional[str] = ..., device_id: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., facts: _Optional[_Union[_common_pb2.DeviceFacts, _Mapping]] = ...) -> None: ...
 
 class MqttCredentials(_message.Message):
-    __slots__ = ("url", "username", "password", "client_id", "topic_root")
+    __slots__ = ("url", "username", "password", "client_id", "topic_root", "ca_pem")
     URL_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_ROOT_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
     url: str
     username: str
     password: str
     client_id: str
     topic_root: str
-    def __init__(self, url: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., client_id: _Optional[str] = ..., topic_root: _Optional[str] = ...) -> None: ...
+    ca_pem: bytes
+    def __init__(self, url: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., client_id: _Optional[str] = ..., topic_root: _Optional[str] = ..., ca_pem: _Optional[bytes] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("device_id", "fleet", "certificate_pem", "ca_certificate_pem", "device_endpoint", "tls_server_name", "heartbeat_interval_seconds", "labels", "trusted_publisher_keys", "mqtt")
