@@ -10,6 +10,10 @@ Invariants (besides those of ``store.py``):
   batches for one minute on PostgreSQL serialize on the row (SQLite writers are serialized anyway).
 - A batch is validated whole before any SQL runs (``parse_batch``): counts are bounded, numbers
   finite, histograms well-formed. A bad batch raises ``ValueError`` and stores nothing.
+- ``ingest_batches`` stores many batches in one transaction (the group commit of
+  ``services/group_commit.py``) with one statement per table, and gives each batch its own
+  outcome: a malformed batch or an unknown device refuses that batch alone. The result is the
+  same as storing the batches one after another.
 - Retention (``roll_up``): a model minute older than the minute retention is merged into its
   ``model_hours`` row (same exact merge) and deleted in the same transaction, so a crash never
   counts it twice nor loses it; every request is in exactly one of the two tables, and ``latency``
