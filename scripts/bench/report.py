@@ -1,6 +1,6 @@
 """Run every benchmark under ``scripts/bench/`` and write the summary table in docs/PERFORMANCE.md.
 
-``report.py run`` runs the six benchmarks one after another (the machine has 2 cores: running them side
+``report.py run`` runs the seven benchmarks one after another (the machine has 2 cores: running them side
 by side would measure each other), each with ``--json-out`` into the results directory (default
 ``.edgefleet/bench/``), and records next to each result how it was run (``<name>.run.json``: the
 command, the mode, the exit status, when, and the machine's core count and CPU model). It then does
@@ -16,8 +16,8 @@ table needs, stops ``write`` with an error naming the file and the field, and th
 touched.
 
 ``--quick`` passes each script's quick or smaller option (session, rollout and mqtt_ingest: ``--quick``;
-serving, artifact, selection: fewer calls, a smaller blob, fewer timed runs); the block's first line says
-which mode produced the numbers.
+serving, agent_memory, artifact, selection: fewer calls or requests, a smaller blob, fewer timed runs);
+the block's first line says which mode produced the numbers.
 
 Rerun (from the repository root)::
 
@@ -347,6 +347,19 @@ def mqtt_ingest_rows(r: Any) -> list[tuple[str, str, str]]:
     ]
 
 
+def agent_memory_rows(r: Any) -> list[tuple[str, str, str]]:
+    ratio = number(r, "rss_ratio")
+    requests = int(number(r, "requests"))
+    return [
+        (
+            f"agent memory: the whole `edgefleet agent` serving {field(r, 'model')} ({requests} requests)",
+            f"{mib(number(r, 'agent_rss_bytes'))} (anonymous {mib(number(r, 'agent_anon_bytes'))})",
+            f"bare onnxruntime process with the model {mib(number(r, 'bare_rss_bytes'))} → {ratio:.2f}× "
+            f"(goal ≤ 1.3×): {met(ratio <= 1.3)}",
+        )
+    ]
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -357,6 +370,7 @@ class Bench:
 BENCHMARKS = (
     Bench("session", ("--quick",), session_rows),
     Bench("serving", ("--calls", "500"), serving_rows),
+    Bench("agent_memory", ("--rounds", "1", "--requests", "50"), agent_memory_rows),
     Bench("artifact", ("--mib", "50", "--rounds", "3"), artifact_rows),
     Bench("selection", ("--runs", "100"), selection_rows),
     Bench("rollout", ("--quick",), rollout_rows),

@@ -61,6 +61,14 @@ SERVING = {
     "full_import_rss_ratio": 1.63,
     "machine": "2 cores",
 }
+AGENT_MEMORY = {
+    "model": "snips-nlu-student:1:fp32",
+    "requests": 200,
+    "agent_rss_bytes": 145.6 * 2**20,
+    "agent_anon_bytes": 72.9 * 2**20,
+    "bare_rss_bytes": 65.1 * 2**20,
+    "rss_ratio": 145.6 / 65.1,
+}
 ARTIFACT = {
     "blob_mib": 100,
     "edgefleet_mib_per_s": 526.0,
@@ -141,6 +149,7 @@ MQTT_INGEST = {
 RESULTS = {
     "session": SESSION,
     "serving": SERVING,
+    "agent_memory": AGENT_MEMORY,
     "artifact": ARTIFACT,
     "selection": SELECTION,
     "rollout": ROLLOUT,
@@ -210,6 +219,8 @@ def test_block_has_one_table_with_the_headline_numbers(tmp_path: Path) -> None:
     assert fetch[1] == "526 MiB/s" and "raw loopback copy 1,743 MiB/s → 30%" in fetch[2] and "not met" in fetch[2]
     rss = by_metric["serving: serving process RSS"]
     assert rss[1] == "84.7 MiB" and "1.29× (goal ≤ 1.3×): met" in rss[2]
+    whole = by_metric["agent memory: the whole `edgefleet agent` serving snips-nlu-student:1:fp32 (200 requests)"]
+    assert whole[1] == "145.6 MiB (anonymous 72.9 MiB)" and "65.1 MiB → 2.24× (goal ≤ 1.3×): **not met**" in whole[2]
     fast = by_metric["serving: fast socket `Infer` p50 (same model, same calls, interleaved)"]
     assert fast[1] == "0.146 ms (p99 0.310)" and "+0.062 ms (goal ≤ 0.300 ms): met" in fast[2]
     assert by_metric["serving: serving process RSS with every agent module imported"][1] == "114.8 MiB"
