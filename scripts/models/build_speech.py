@@ -1,6 +1,6 @@
 """Build the FSDD spoken-digit bundles: train a DS-CNN, export, quantize, measure, write bundle dirs.
 
-    .venv/bin/python -m scripts.models.build_speech [--epochs 30] [--loso-epochs 12] [--skip-loso]
+    .venv/bin/python -m scripts.models.build_speech [--epochs 30] [--loso-epochs 20] [--loso-jobs 2] [--skip-loso]
 
 Writes ``models/speech-command/fsdd-digits-<variant>/`` (model.onnx, labels.txt,
 manifest.json) for every variant that applies, prints the per-variant table and the
@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,31 +132,77 @@ def write_bundle(
     (directory / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def leave_one_speaker_out(clips: Sequence[Clip], epochs: int, seed: int) -> list[bundle_pb2.SliceMetric]:
-    rows = []
-    for speaker in sorted({c.speaker for c in clips}):
-        train, test = fsdd_leave_one_speaker_out(clips, speaker)
-        log(f"LOSO: training without {speaker} ({len(train)} clips)")
-        model = speech_train.train(train, epochs=epochs, seed=seed, log=lambda _: None)
-        predicted = speech_train.predict(model, speech_train.clip_features(test))
-        value = float((predicted == np.array([c.digit for c in test])).mean())
-        log(f"LOSO {speaker}: {value:.4f}")
-        rows.append(
-            bundle_pb2.SliceMetric(
-                slice_kind="loso-speaker", slice=speaker, metric="accuracy", value=value, examples=len(test)
-            )
+def _loso_fold(clips: Sequence[Clip], speaker: str, epochs: int, seed: int, threads: int) -> float:
+    """Train without ``speaker``, return the accuracy on every clip of ``speaker``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    train, test = fsdd_leave_one_speaker_out(clips, speaker)
+    log(f"LOSO: training without {speaker} ({len(train)} clips)")
+    model = speech_train.train(train, epochs=epochs, seed=seed, log=lambda _: None)
+    predicted = speech_train.predict(model, speech_train.clip_features(test))
+    value = float((predicted == np.array([c.digit for c in test])).mean())
+    log(f"LOSO {speaker}: {value:.4f}")
+    return value
+
+
+def _loso_fold_in_child(speaker: str, epochs: int, seed: int, threads: int) -> float:
+    return _loso_fold(load_fsdd(), speaker, epochs, seed, threads)
+
+
+def _loso_rows(clips: Sequence[Clip], values: dict[str, float]) -> list[bundle_pb2.SliceMetric]:
+    return [
+        bundle_pb2.SliceMetric(
+            slice_kind="loso-speaker", slice=s, metric="accuracy", value=v, examples=sum(c.speaker == s for c in clips)
         )
-    return rows
+        for s, v in sorted(values.items())
+    ]
+
+
+def leave_one_speaker_out(
+    clips: Sequence[Clip], epochs: int, seed: int, *, threads: int = 1
+) -> list[bundle_pb2.SliceMetric]:
+    """One fold per speaker, trained here one after the other."""
+    speakers = sorted({c.speaker for c in clips})
+    return _loso_rows(clips, {s: _loso_fold(clips, s, epochs, seed, threads) for s in speakers})
+
+
+def start_leave_one_speaker_out(
+    clips: Sequence[Clip], epochs: int, seed: int, *, jobs: int, threads: int = 1
+) -> Callable[[], list[bundle_pb2.SliceMetric]]:
+    """Start the folds in ``jobs`` child processes; the returned call waits for them (same results as in-process)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    speakers = sorted({c.speaker for c in clips})
+    context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    futures = {s: pool.submit(_loso_fold_in_child, s, epochs, seed, threads) for s in speakers}
+
+    def wait() -> list[bundle_pb2.SliceMetric]:
+        try:
+            return _loso_rows(clips, {s: f.result() for s, f in futures.items()})
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+    return wait
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "speech-command")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--loso-epochs", type=int, default=12)
+    parser.add_argument("--loso-epochs", type=int, default=20)
     parser.add_argument("--skip-loso", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    parser.add_argument(
+        "--loso-jobs",
+        type=int,
+        default=0,
+        help="child processes that train the leave-one-speaker-out folds while the shipped model trains "
+        "(0: train the folds afterwards, in this process)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -165,12 +211,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     clips = load_fsdd()
     train, test = fsdd_official_split(clips)
     log(f"training on {len(train)} clips (takes 5-49), testing on {len(test)} (takes 0-4)")
+    pending_loso = None
+    if not args.skip_loso and args.loso_jobs > 0:
+        pending_loso = start_leave_one_speaker_out(
+            clips, args.loso_epochs, args.seed, jobs=args.loso_jobs, threads=args.threads
+        )
     model = speech_train.train(train, epochs=args.epochs, seed=args.seed, log=log)
     log(f"DS-CNN with {speech_train.parameter_count(model)} parameters")
     test_inputs = speech_train.clip_features(test)
     rng = np.random.default_rng(args.seed)
     calibration = speech_train.clip_features([train[i] for i in rng.permutation(len(train))[:CALIBRATION_CLIPS]])
-    loso = [] if args.skip_loso else leave_one_speaker_out(clips, args.loso_epochs, args.seed)
+    if pending_loso is not None:
+        loso = pending_loso()
+    elif args.skip_loso:
+        loso = []
+    else:
+        loso = leave_one_speaker_out(clips, args.loso_epochs, args.seed, threads=args.threads)
 
     cpu = cpu_model()
     rows, fp32_accuracy, golden_index = [], None, None

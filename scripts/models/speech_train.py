@@ -3,7 +3,10 @@
 Invariants:
 - Features come only from ``agent.pipelines.frontend.features`` with ``FRONT_END``, the
   config the bundles ship, so the model never sees features from another recipe.
-- Augmentation (time shift, additive noise) acts on the waveform, before the front end.
+- Augmentation (speed perturbation, time shift, additive noise) acts on the waveform,
+  before the front end.
+- The only feature normalisation is the model's first layer (``UtteranceNorm``): it is
+  in the ONNX graph, so the device and the build normalise identically by construction.
 - Seeded: the same clips, seed and epochs give the same model on the same machine.
 """
 
@@ -39,6 +42,7 @@ FRONT_END = bundle_pb2.AudioFrontEnd(
 )
 MAX_SHIFT_SECONDS = 0.100
 SNR_DB_RANGE = (10.0, 30.0)
+SPEED_RANGE = (0.85, 1.15)  # resampling factor: tempo and pitch together, a cheap stand-in for new voices
 
 
 def clip_features(clips: Sequence[Clip]) -> np.ndarray:
@@ -46,8 +50,16 @@ def clip_features(clips: Sequence[Clip]) -> np.ndarray:
     return np.concatenate([features(c.samples, c.sample_rate, FRONT_END) for c in clips])
 
 
+def speed_perturb(samples: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``samples`` ``factor`` times faster (linear interpolation): shorter and higher for ``factor`` > 1."""
+    x = np.asarray(samples, dtype=np.float32)
+    positions = np.arange(0.0, x.size - 1, factor)
+    return np.interp(positions, np.arange(x.size), x).astype(np.float32)
+
+
 def augment(samples: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """Shift the speech by up to ±100 ms (zero padding on the sides) and add white noise at 10-30 dB SNR."""
+    """Speed-perturb by 0.85-1.15, shift by up to ±100 ms (zero padding) and add white noise at 10-30 dB SNR."""
+    samples = speed_perturb(samples, rng.uniform(*SPEED_RANGE))
     most = int(MAX_SHIFT_SECONDS * sample_rate)
     before, after = rng.integers(0, 2 * most + 1, size=2)
     x = np.concatenate([np.zeros(before, np.float32), samples, np.zeros(after, np.float32)])
@@ -68,12 +80,30 @@ def augmented_features(clips: Sequence[Clip], rng: np.random.Generator, fraction
     return np.concatenate(out)
 
 
+class UtteranceNorm(nn.Module):
+    """Per-utterance normalisation: each input minus its own mean, over its own standard deviation.
+
+    A gain change shifts a log-mel (and the front end's padding, its minimum) by a constant, so this
+    removes the recording level; the scale step evens out the dynamic range between microphones.
+    """
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        return x / torch.sqrt(x.square().mean(dim=(1, 2, 3), keepdim=True) + self.eps)
+
+
 class DSCNN(nn.Module):
-    """Keyword-spotting DS-CNN: a strided conv, four depthwise-separable blocks, global average pool, linear."""
+    """Keyword-spotting DS-CNN: per-utterance normalisation, a strided conv, four depthwise-separable blocks,
+    global average pool, linear."""
 
     def __init__(self, n_classes: int = len(LABELS), channels: int = 64, blocks: int = 4) -> None:
         super().__init__()
         layers: list[nn.Module] = [
+            UtteranceNorm(),
             nn.BatchNorm2d(1),  # standardises the log-mel; folded into the first conv at export
             nn.Conv2d(1, channels, (5, 5), stride=(2, 2), padding=2, bias=False),
             nn.BatchNorm2d(channels),

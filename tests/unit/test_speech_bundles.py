@@ -71,3 +71,24 @@ def test_declared_accuracy_holds_on_a_fixed_subset_of_the_test_split(directory: 
 def test_speech_pipeline_recognizes_a_real_recording(directory: Path) -> None:
     pipeline = SpeechPipeline.load(load_command(directory), None)
     assert pipeline.recognize(RECORDING.read_bytes()).label == "two"
+
+
+def test_the_fp32_manifest_reports_unseen_speaker_accuracy_for_every_speaker() -> None:
+    manifest, _ = read_bundle_dir(ROOT / "models" / "speech-command" / "fsdd-digits-fp32")
+    loso = {s.slice: s.value for s in manifest.metrics.slices if s.slice_kind == "loso-speaker"}
+    speakers = {s.slice for s in manifest.metrics.slices if s.slice_kind == "speaker"}
+    assert speakers and set(loso) == speakers
+    assert manifest.metrics.overall["loso_mean_accuracy"] == pytest.approx(np.mean(list(loso.values())))
+
+
+@pytest.mark.parametrize("gain", [0.25, 4.0])
+@pytest.mark.parametrize("directory", BUNDLES, ids=bundle_ids)
+def test_the_label_does_not_depend_on_the_recording_level(directory: Path, gain: float) -> None:
+    samples, rate = frontend.read_wav(RECORDING.read_bytes())
+    command = load_command(directory)
+    config = command.manifest.preprocessing.audio
+    logits = [
+        command.run({"features": frontend.features(np.clip(samples * g, -1, 1), rate, config)})[0][0].reshape(-1)
+        for g in (1.0, gain)
+    ]
+    assert int(np.argmax(logits[0])) == int(np.argmax(logits[1])) == 2
