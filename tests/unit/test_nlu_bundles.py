@@ -15,6 +15,7 @@ from protos.bundle_io import read_bundle_dir
 from protos.bundles import validate_manifest
 from protos.edgefleet.v1 import bundle_pb2, common_pb2
 from scripts.models.data import SNIPS_INTENTS, bio_tags, load_snips, snips_split
+from scripts.models.nlu_labels import trimmed_spans
 
 NLU_DIR = Path(__file__).resolve().parents[2] / "models" / "text-nlu"
 BUNDLES = sorted(path.parent for path in NLU_DIR.glob("*/manifest.json"))
@@ -71,6 +72,22 @@ def test_the_declared_intent_accuracy_holds_on_fixed_validation_utterances(bundl
     sample = [val[i] for i in np.linspace(0, len(val) - 1, RECHECK_UTTERANCES).astype(int)]
     accuracy = np.mean([pipeline.understand(u.text).intent == u.intent for u in sample])
     assert accuracy >= manifest.metrics.overall["intent_accuracy"] - ACCURACY_SLACK
+
+
+def test_the_declared_slot_f1_holds_on_fixed_validation_utterances(bundle):
+    # Exact span match, micro, as build_nlu scores it, but through the agent's pipeline end to end.
+    manifest, _ = read_bundle_dir(bundle)
+    pipeline = pipeline_of(bundle)
+    _, val = snips_split(load_snips())
+    sample = [val[i] for i in np.linspace(0, len(val) - 1, RECHECK_UTTERANCES).astype(int)]
+    true_positives = predicted = gold = 0
+    for utterance in sample:
+        expected = set(trimmed_spans(utterance))
+        found = {(slot.start, slot.end, slot.slot) for slot in pipeline.understand(utterance.text).slots}
+        true_positives += len(expected & found)
+        predicted += len(found)
+        gold += len(expected)
+    assert 2 * true_positives / (predicted + gold) >= manifest.metrics.overall["slot_f1"] - ACCURACY_SLACK
 
 
 def test_the_golden_texts_are_understood_as_their_expected_intents(bundle):
