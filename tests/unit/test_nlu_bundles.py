@@ -16,6 +16,7 @@ from protos.bundles import validate_manifest
 from protos.edgefleet.v1 import bundle_pb2, common_pb2
 from scripts.models.data import SNIPS_INTENTS, bio_tags, load_snips, snips_split
 from scripts.models.nlu_labels import trimmed_spans
+from scripts.models.nlu_variants import MAX_ACCURACY_DROP, VARIANTS
 
 NLU_DIR = Path(__file__).resolve().parents[2] / "models" / "text-nlu"
 BUNDLES = sorted(path.parent for path in NLU_DIR.glob("*/manifest.json"))
@@ -24,8 +25,9 @@ ACCURACY_SLACK = 0.05
 MAX_MODEL_BYTES = 5 * 1024 * 1024
 
 
-def test_the_fp32_and_int8_dynamic_bundles_are_committed():
-    assert {NLU_DIR / "snips-student-fp32", NLU_DIR / "snips-student-int8-dynamic"} <= set(BUNDLES)
+def test_every_variant_of_the_student_is_committed():
+    # build_nlu makes all six with controlplane.modelbuild.variants; none failed or lost accuracy.
+    assert set(BUNDLES) == {NLU_DIR / f"snips-student-{variant}" for variant in VARIANTS}
 
 
 @pytest.fixture(params=BUNDLES, ids=lambda path: path.name)
@@ -57,6 +59,26 @@ def test_the_bundle_directory_is_read_and_follows_the_text_nlu_contract(bundle):
     assert text.max_sequence_length == 64 and text.lowercase
     assert len(manifest.golden) == 3 and all(case.text and case.expected_label for case in manifest.golden)
     assert {"intent_accuracy", "slot_f1"} <= set(manifest.metrics.overall)
+
+
+def test_the_declared_measurements_are_complete(bundle):
+    manifest, files = read_bundle_dir(bundle)
+    metrics = manifest.metrics
+    assert metrics.file_size_bytes == files["model.onnx"].stat().st_size
+    assert metrics.load_time_ms > 0 and 0 < metrics.latency_p50_ms <= metrics.latency_p95_ms
+    assert metrics.measured_threads == 1 and metrics.measured_on_cpu
+    intents = [s.value for s in metrics.slices if s.slice_kind == "intent"]
+    assert len(intents) == len(SNIPS_INTENTS)
+    assert metrics.max_slice_gap == pytest.approx(max(intents) - min(intents))
+    if manifest.variant not in ("fp32", "int8-dynamic"):  # the first two bundles predate the peak-RSS probe
+        assert metrics.peak_rss_bytes > 0
+
+
+def test_no_variant_declares_accuracy_beyond_the_tolerance_below_fp32(bundle):
+    manifest, _ = read_bundle_dir(bundle)
+    fp32, _ = read_bundle_dir(NLU_DIR / "snips-student-fp32")
+    for metric in ("intent_accuracy", "slot_f1"):
+        assert manifest.metrics.overall[metric] >= fp32.metrics.overall[metric] - MAX_ACCURACY_DROP
 
 
 def test_the_bundle_passes_the_on_device_acceptance_test_at_one_thread(bundle):
