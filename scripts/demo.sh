@@ -164,8 +164,8 @@ TOML
   run models list
   echo "waiting for the devices' benchmarks (a sample device of each class, every variant) ..."
   wait_until "the evidence of fsdd-digits:1" 180 fleet evidence fsdd-digits:1 "$FLEET"
-  wait_until "the evidence of $NLU:1" 120 fleet evidence "$NLU:1" "$FLEET"
-  wait_until "the evidence of $NLU:$NEW_VERSION" 120 fleet evidence "$NLU:$NEW_VERSION" "$FLEET"
+  wait_until "the evidence of $NLU:1" 180 fleet evidence "$NLU:1" "$FLEET"
+  wait_until "the evidence of $NLU:$NEW_VERSION" 180 fleet evidence "$NLU:$NEW_VERSION" "$FLEET"
 
   echo "device classes (from deploy/classes.demo.yaml; first match wins):"
   run classes list
