@@ -12,7 +12,7 @@ import json
 import random
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scripts.models.data import SNIPS_INTENTS
+from scripts.models.data import SNIPS_INTENTS, Utterance
 from scripts.models.nlu_labels import IGNORE, TAGS, Encoded
 from scripts.models.nlu_student import batches
 
@@ -35,12 +35,38 @@ _DTYPES = {"F32": np.float32, "I64": np.int64}
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    epochs: int = 5
+    epochs: int = 6
     batch_size: int = 32
     learning_rate: float = 1e-4  # the pretrained encoder's
     head_learning_rate: float = 1e-3  # the two freshly initialised heads'
     warmup: float = 0.1  # fraction of the steps with a linear warm-up; then linear decay to 0
+    first_subword: bool = True  # slot loss only on each word's first sub-word (what decode_bio reads)
     seed: int = 0
+
+
+# What a checkpoint saved before a TeacherConfig field existed was trained with (a resume must not
+# take such a checkpoint for one trained with the field's new default).
+LEGACY = {"first_subword": False}
+
+
+def first_subword_only(utterances: Sequence[Utterance], encoded: Sequence[Encoded]) -> list[Encoded]:
+    """``encoded`` with the slot tag of every WordPiece continuation piece set to IGNORE.
+
+    A piece continues a word exactly when ``decode_bio`` would skip it (it starts where the previous
+    decodable token ends, between two alphanumeric characters): the decoder reads each word's label from
+    its first sub-word only, so that is the only one trained, as in joint BERT.
+    """
+    out = []
+    for utterance, enc in zip(utterances, encoded, strict=True):
+        text, tags, previous_end = utterance.text, list(enc.tags), None
+        for i, (start, end) in enumerate(enc.offsets):
+            if not enc.decodable[i]:
+                continue
+            if start == previous_end and 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum():
+                tags[i] = IGNORE
+            previous_end = end
+        out.append(replace(enc, tags=tags))
+    return out
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -144,13 +170,19 @@ def train_teacher(
     log=print,
     checkpoint: Path | None = None,
     after_epoch=None,
+    utterances: Sequence[Utterance] | None = None,
 ) -> Teacher:
     """Fine-tune from ``weights``: AdamW, linear warm-up then linear decay, gradients clipped at 1.
 
     With ``checkpoint`` the weights are saved there after every epoch, and a run restarted with the same
     config resumes after the last epoch saved. ``after_epoch(epoch, model)`` (e.g. a validation score) is
-    called after every epoch with the model in eval mode.
+    called after every epoch with the model in eval mode. ``config.first_subword`` needs ``utterances``
+    (the texts of ``encoded``) to find the continuation pieces.
     """
+    if config.first_subword:
+        if utterances is None:
+            raise ValueError("first_subword needs the utterances of encoded")
+        encoded = first_subword_only(utterances, encoded)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     model = Teacher()
@@ -170,7 +202,7 @@ def train_teacher(
     start = 0
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
-        if state["config"] == config:
+        if {**LEGACY, **vars(state["config"])} == vars(config):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
