@@ -1,6 +1,7 @@
 """Build the FSDD spoken-digit bundles: train a DS-CNN, export, quantize, measure, write bundle dirs.
 
     .venv/bin/python -m scripts.models.build_speech [--epochs 30] [--loso-epochs 20] [--loso-jobs 2] [--skip-loso]
+        [--mixup-alpha 0]
 
 Writes ``models/speech-command/fsdd-digits-<variant>/`` (model.onnx, labels.txt,
 manifest.json) for every variant that applies, prints the per-variant table and the
@@ -132,22 +133,24 @@ def write_bundle(
     (directory / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _loso_fold(clips: Sequence[Clip], speaker: str, epochs: int, seed: int, threads: int) -> float:
+def _loso_fold(
+    clips: Sequence[Clip], speaker: str, epochs: int, seed: int, threads: int, mixup_alpha: float = 0.0
+) -> float:
     """Train without ``speaker``, return the accuracy on every clip of ``speaker``."""
     import torch
 
     torch.set_num_threads(threads)
     train, test = fsdd_leave_one_speaker_out(clips, speaker)
     log(f"LOSO: training without {speaker} ({len(train)} clips)")
-    model = speech_train.train(train, epochs=epochs, seed=seed, log=lambda _: None)
+    model = speech_train.train(train, epochs=epochs, seed=seed, mixup_alpha=mixup_alpha, log=lambda _: None)
     predicted = speech_train.predict(model, speech_train.clip_features(test))
     value = float((predicted == np.array([c.digit for c in test])).mean())
     log(f"LOSO {speaker}: {value:.4f}")
     return value
 
 
-def _loso_fold_in_child(speaker: str, epochs: int, seed: int, threads: int) -> float:
-    return _loso_fold(load_fsdd(), speaker, epochs, seed, threads)
+def _loso_fold_in_child(speaker: str, epochs: int, seed: int, threads: int, mixup_alpha: float) -> float:
+    return _loso_fold(load_fsdd(), speaker, epochs, seed, threads, mixup_alpha)
 
 
 def _loso_rows(clips: Sequence[Clip], values: dict[str, float]) -> list[bundle_pb2.SliceMetric]:
@@ -160,15 +163,15 @@ def _loso_rows(clips: Sequence[Clip], values: dict[str, float]) -> list[bundle_p
 
 
 def leave_one_speaker_out(
-    clips: Sequence[Clip], epochs: int, seed: int, *, threads: int = 1
+    clips: Sequence[Clip], epochs: int, seed: int, *, threads: int = 1, mixup_alpha: float = 0.0
 ) -> list[bundle_pb2.SliceMetric]:
     """One fold per speaker, trained here one after the other."""
     speakers = sorted({c.speaker for c in clips})
-    return _loso_rows(clips, {s: _loso_fold(clips, s, epochs, seed, threads) for s in speakers})
+    return _loso_rows(clips, {s: _loso_fold(clips, s, epochs, seed, threads, mixup_alpha) for s in speakers})
 
 
 def start_leave_one_speaker_out(
-    clips: Sequence[Clip], epochs: int, seed: int, *, jobs: int, threads: int = 1
+    clips: Sequence[Clip], epochs: int, seed: int, *, jobs: int, threads: int = 1, mixup_alpha: float = 0.0
 ) -> Callable[[], list[bundle_pb2.SliceMetric]]:
     """Start the folds in ``jobs`` child processes; the returned call waits for them (same results as in-process)."""
     import multiprocessing
@@ -177,7 +180,7 @@ def start_leave_one_speaker_out(
     speakers = sorted({c.speaker for c in clips})
     context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
-    futures = {s: pool.submit(_loso_fold_in_child, s, epochs, seed, threads) for s in speakers}
+    futures = {s: pool.submit(_loso_fold_in_child, s, epochs, seed, threads, mixup_alpha) for s in speakers}
 
     def wait() -> list[bundle_pb2.SliceMetric]:
         try:
@@ -197,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
     parser.add_argument(
+        "--mixup-alpha",
+        type=float,
+        default=speech_train.MIXUP_ALPHA,
+        help="mixup between the clips of a batch, Beta(alpha, alpha) weights (0: off, the shipped recipe)",
+    )
+    parser.add_argument(
         "--loso-jobs",
         type=int,
         default=0,
@@ -214,9 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pending_loso = None
     if not args.skip_loso and args.loso_jobs > 0:
         pending_loso = start_leave_one_speaker_out(
-            clips, args.loso_epochs, args.seed, jobs=args.loso_jobs, threads=args.threads
+            clips, args.loso_epochs, args.seed, jobs=args.loso_jobs, threads=args.threads, mixup_alpha=args.mixup_alpha
         )
-    model = speech_train.train(train, epochs=args.epochs, seed=args.seed, log=log)
+    model = speech_train.train(train, epochs=args.epochs, seed=args.seed, mixup_alpha=args.mixup_alpha, log=log)
     log(f"DS-CNN with {speech_train.parameter_count(model)} parameters")
     test_inputs = speech_train.clip_features(test)
     rng = np.random.default_rng(args.seed)
@@ -226,7 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.skip_loso:
         loso = []
     else:
-        loso = leave_one_speaker_out(clips, args.loso_epochs, args.seed, threads=args.threads)
+        loso = leave_one_speaker_out(
+            clips, args.loso_epochs, args.seed, threads=args.threads, mixup_alpha=args.mixup_alpha
+        )
 
     cpu = cpu_model()
     rows, fp32_accuracy, golden_index = [], None, None

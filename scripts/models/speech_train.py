@@ -4,7 +4,8 @@ Invariants:
 - Features come only from ``agent.pipelines.frontend.features`` with ``FRONT_END``, the
   config the bundles ship, so the model never sees features from another recipe.
 - Augmentation (speed perturbation, time shift, additive noise) acts on the waveform,
-  before the front end.
+  before the front end; mixup then blends the features of pairs of clips in a batch, and
+  their targets, in training only.
 - The only feature normalisation is the model's first layer (``UtteranceNorm``): it is
   in the ONNX graph, so the device and the build normalise identically by construction.
 - Seeded: the same clips, seed and epochs give the same model on the same machine.
@@ -43,6 +44,7 @@ FRONT_END = bundle_pb2.AudioFrontEnd(
 MAX_SHIFT_SECONDS = 0.100
 SNR_DB_RANGE = (10.0, 30.0)
 SPEED_RANGE = (0.85, 1.15)  # resampling factor: tempo and pitch together, a cheap stand-in for new voices
+MIXUP_ALPHA = 0.0  # Beta(alpha, alpha) weight of mixup between the clips of a batch; 0 (the shipped recipe): off
 
 
 def clip_features(clips: Sequence[Clip]) -> np.ndarray:
@@ -139,9 +141,14 @@ def train(
     seed: int = 0,
     batch_size: int = 64,
     learning_rate: float = 5e-3,
+    mixup_alpha: float = MIXUP_ALPHA,
     log=print,
 ) -> DSCNN:
-    """Train a DS-CNN on ``clips``: each epoch sees every clip once, half of them augmented afresh."""
+    """Train a DS-CNN on ``clips``: each epoch sees every clip once, half of them augmented afresh.
+
+    With ``mixup_alpha`` > 0 each batch is mixed with a shuffled copy of itself (inputs and
+    targets, one Beta(alpha, alpha) weight per batch), after the waveform augmentation.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = DSCNN()
@@ -158,7 +165,14 @@ def train(
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             optimiser.zero_grad()
-            loss = loss_fn(model(inputs[batch]), labels[batch])
+            x, y = inputs[batch], labels[batch]
+            if mixup_alpha > 0:
+                weight = float(rng.beta(mixup_alpha, mixup_alpha))
+                partner = torch.from_numpy(rng.permutation(len(batch)))
+                logits = model(weight * x + (1.0 - weight) * x[partner])
+                loss = weight * loss_fn(logits, y) + (1.0 - weight) * loss_fn(logits, y[partner])
+            else:
+                loss = loss_fn(model(x), y)
             loss.backward()
             optimiser.step()
             schedule.step()

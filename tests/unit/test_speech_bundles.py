@@ -92,3 +92,19 @@ def test_the_label_does_not_depend_on_the_recording_level(directory: Path, gain:
         for g in (1.0, gain)
     ]
     assert int(np.argmax(logits[0])) == int(np.argmax(logits[1])) == 2
+
+
+@pytest.mark.skipif(not FSDD_NPZ.exists(), reason="the vendored FSDD archive (data/fsdd/fsdd.npz) is absent")
+def test_training_with_mixup_is_seeded() -> None:
+    import torch
+
+    from scripts.models import speech_train
+    from scripts.models.data import load_fsdd
+
+    clips = load_fsdd()[::50]  # 50 clips, every speaker and digit
+    first, second = (
+        speech_train.train(clips, epochs=1, seed=3, batch_size=16, mixup_alpha=0.3, log=lambda _: None)
+        for _ in range(2)
+    )
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
