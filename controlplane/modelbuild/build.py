@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format
 
-from agent.facts import parse_cpuinfo
 from controlplane.modelbuild import variants
 from controlplane.modelbuild.evaluate import Measurement, Scores, measure, predictions, score
 from controlplane.modelbuild.inputs import (
@@ -46,6 +45,7 @@ from controlplane.modelbuild.inputs import (
     read_assets,
 )
 from protos.bundles import MAX_SIGNED_MANIFEST_BYTES, MAX_VERSION, TASKS, VARIANTS, BundleError, validate_manifest
+from protos.cpuinfo import local_cpu_model
 from protos.edgefleet.v1 import bundle_pb2
 from protos.limits import NAME_PATTERN
 from protos.tensors import DTYPES, from_numpy
@@ -157,13 +157,7 @@ def parse_variants(text: str) -> tuple[str, ...]:
 
 def cpu_model() -> str:
     """The CPU's model name, as the agent reports it in its facts."""
-    import platform
-
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return parse_cpuinfo(text, platform.machine())[0] or platform.machine()
+    return local_cpu_model()
 
 
 def run_build(request: BuildRequest, log: Callable[[str], None] = lambda _: None) -> BuildReport:

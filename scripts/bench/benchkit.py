@@ -6,15 +6,15 @@ is on ``sys.path``, also in their spawned worker processes).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from protos.cpuinfo import local_cpu_model
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -42,11 +42,7 @@ def rss_bytes(pid: int | str = "self") -> int:
 
 
 def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    return local_cpu_model()
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -47,6 +47,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from protos.cpuinfo import local_cpu_model
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS = Path(".edgefleet/bench")
 DEFAULT_DOC = Path("docs/PERFORMANCE.md")
@@ -382,11 +384,7 @@ BENCHMARKS = (
 
 
 def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return local_cpu_model()
 
 
 def machine_text(cores: Any, model: Any) -> str:

@@ -3,7 +3,6 @@ latency percentiles, and the CPU it was measured on."""
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from agent.facts import parse_cpuinfo
+from protos.cpuinfo import local_cpu_model
 
 
 def session(model: Path, threads: int = 1, *, quiet: bool = False) -> ort.InferenceSession:
@@ -46,8 +45,4 @@ def load_and_latency(
 
 def cpu_model() -> str:
     """The CPU's model name, as the agent reports it in its facts."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return parse_cpuinfo(text, platform.machine())[0] or platform.machine()
+    return local_cpu_model()
