@@ -6,6 +6,8 @@ Invariants:
   file is a regular file below the directory, hashed as it is read (streamed), and the
   manifest that comes out has passed ``validate_manifest``.
 - Every refusal is a ``BundleError`` naming the file at fault.
+- Writing a bundle directory (``write_bundle_dir``) is whole or nothing: it is assembled beside
+  its final place and renamed into it; a failure leaves the previous directory as it was.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -119,6 +125,34 @@ def _read_key_file(path: Path) -> bytes:
 
 
 # --- the bundle directory an operator pushes ---
+
+
+def write_bundle_dir(target: Path, files: Mapping[str, bytes | Path], manifest: dict[str, Any]) -> Path:
+    """Write the bundle directory ``target``: every file at its bundle path, and ``manifest.json``.
+
+    ``files`` maps a bundle path to its content (bytes) or to a local file to copy. The directory
+    is assembled beside ``target`` and renamed into place, replacing an older one; returns ``target``.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for rel, content in files.items():
+            check_path(rel)
+            destination = staging / rel
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, destination)
+            else:
+                destination.write_bytes(content)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        staging.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
 
 def read_bundle_dir(path: Path) -> tuple[bundle_pb2.BundleManifest, dict[str, Path]]:

@@ -44,6 +44,7 @@ from controlplane.modelbuild.inputs import (
     load_preprocessing,
     read_assets,
 )
+from protos.bundle_io import write_bundle_dir
 from protos.bundles import MAX_SIGNED_MANIFEST_BYTES, MAX_VERSION, TASKS, VARIANTS, BundleError, validate_manifest
 from protos.cpuinfo import local_cpu_model
 from protos.edgefleet.v1 import bundle_pb2
@@ -516,7 +517,7 @@ def _write(
     """Each bundle directory whole or not at all, then the report; with --force, stale bundles of this build go."""
     request.out.mkdir(parents=True, exist_ok=True)
     for variant, (built, data) in manifests.items():
-        _write_bundle_dir(request.out / f"{request.name}-{variant}", {MODEL_FILE: built.path, **inputs.assets}, data)
+        write_bundle_dir(request.out / f"{request.name}-{variant}", {MODEL_FILE: built.path, **inputs.assets}, data)
     for variant in request.variants:
         stale = request.out / f"{request.name}-{variant}"
         if variant not in manifests and stale.is_dir() and not stale.is_symlink():
@@ -524,19 +525,3 @@ def _write(
     staging = request.out / f".{REPORT_FILE}.tmp"
     staging.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     os.replace(staging, request.out / REPORT_FILE)
-
-
-def _write_bundle_dir(target: Path, files: dict[str, Path], manifest: dict) -> None:
-    """Assemble the directory beside ``target`` and rename it into place, replacing an older one."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        for path, local in files.items():
-            shutil.copyfile(local, staging / path)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -53,10 +53,10 @@ import onnxruntime as ort
 from google.protobuf import json_format
 
 from controlplane.modelbuild import variants as variant_tool
+from protos.bundle_io import write_bundle_dir
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
 from scripts.models import nlu_variants
-from scripts.models.bundle_dir import write_bundle_dir
 from scripts.models.data import SNIPS_INTENTS, load_snips, snips_split
 from scripts.models.measure import cpu_model, load_and_latency, session
 from scripts.models.nlu_labels import (
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (default: StudentConfig's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more is slower on a busy 2-core box)")
     parser.add_argument("--teacher", action="store_true", help="fine-tune MiniLM-L6 and distil it into the student")
+    parser.add_argument(
+        "--teacher-epochs", type=int, default=None, help="teacher fine-tuning epochs (default: TeacherConfig's)"
+    )
     parser.add_argument(
         "--teacher-out",
         type=Path,
@@ -160,12 +163,20 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.models.nlu_teacher import TeacherConfig, train_teacher
 
         teacher_config = TeacherConfig()
+        if args.teacher_epochs is not None:
+            teacher_config = replace(teacher_config, epochs=args.teacher_epochs)
+
+        def after_epoch(epoch: int, model) -> None:  # the validation curve, for the record (nothing is chosen by it)
+            epoch_intents, epoch_tags, _ = predict(model, val_enc)
+            log(f"teacher after epoch {epoch}, torch: {describe(score(val, val_enc, epoch_intents, epoch_tags))}")
+
         teacher = train_teacher(
             train_enc,
             teacher_dir() / "model.safetensors",
             teacher_config,
             log=log,
             checkpoint=args.teacher_out / "checkpoint.pt",
+            after_epoch=after_epoch,
             utterances=train,
         )
         intents, tags, _ = predict(teacher, val_enc)
@@ -504,7 +515,7 @@ def write_bundle(
     )
     data = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
     data["task"] = "text-nlu"
-    return write_bundle_dir(out, directory, {path: payload for path, (_, payload) in files.items()}, data)
+    return write_bundle_dir(out / directory, {path: payload for path, (_, payload) in files.items()}, data)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ from google.protobuf import json_format
 
 from agent.pipelines.audio import VAD_CHUNK, VAD_CONTEXT
 from agent.pipelines.frontend import read_wav
+from protos.bundle_io import write_bundle_dir
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
-from scripts.models.bundle_dir import write_bundle_dir
 from scripts.models.measure import cpu_model, load_and_latency
 from scripts.models.measure import session as measure_session
 
@@ -278,7 +278,7 @@ def build_bundle(
     data = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
     data["task"] = "vad"
     payloads = {path: payload for path, (_, payload) in files.items()}
-    return write_bundle_dir(out, f"{NAME}-{variant}", payloads, data)
+    return write_bundle_dir(out / f"{NAME}-{variant}", payloads, data)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -141,3 +142,38 @@ def test_a_traversing_path_in_manifest_json_is_refused_before_any_file_is_read(t
     )
     with pytest.raises(BundleError, match=r"'\.\.' segment"):
         bundle_io.read_bundle_dir(bundle)
+
+
+# --- writing a bundle directory ---
+
+
+def test_write_bundle_dir_writes_every_file_and_the_manifest(tmp_path: Path) -> None:
+    source = tmp_path / "model.onnx"
+    source.write_bytes(b"onnx bytes")
+    target = bundle_io.write_bundle_dir(
+        tmp_path / "out" / "kws-fp32", {"model.onnx": source, "labels/labels.txt": b"yes\nno\n"}, {"name": "kws"}
+    )
+    assert target == tmp_path / "out" / "kws-fp32"
+    assert (target / "model.onnx").read_bytes() == b"onnx bytes"
+    assert (target / "labels" / "labels.txt").read_bytes() == b"yes\nno\n"
+    assert json.loads((target / "manifest.json").read_text()) == {"name": "kws"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["kws-fp32"]
+
+
+def test_write_bundle_dir_replaces_an_older_build_whole(tmp_path: Path) -> None:
+    target = tmp_path / "kws-fp32"
+    bundle_io.write_bundle_dir(target, {"model.onnx": b"old", "old-only.txt": b"x"}, {"version": 1})
+    bundle_io.write_bundle_dir(target, {"model.onnx": b"new"}, {"version": 2})
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json", "model.onnx"]
+    assert (target / "model.onnx").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("files", [{"../escape.onnx": b"x"}, {"model.onnx": Path("/nonexistent/model.onnx")}])
+def test_a_failed_write_leaves_the_previous_directory_and_no_debris(tmp_path: Path, files) -> None:
+    target = tmp_path / "kws-fp32"
+    bundle_io.write_bundle_dir(target, {"model.onnx": b"good"}, {"version": 1})
+    with pytest.raises((BundleError, OSError)):
+        bundle_io.write_bundle_dir(target, files, {"version": 2})
+    assert (target / "model.onnx").read_bytes() == b"good"
+    assert json.loads((target / "manifest.json").read_text()) == {"version": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kws-fp32"]
