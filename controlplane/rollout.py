@@ -2,8 +2,8 @@
 
 ``step(state, event, now)`` returns the next state and the actions for the server to execute;
 ``recover(state, now)`` the actions to redo after a control-plane restart. No I/O, no clock:
-``now`` (epoch seconds) is an argument. The server persists the state (``to_json``), feeds
-events and executes actions in list order; it executes ``recover``'s actions before it feeds
+``now`` (epoch seconds) is an argument. The server persists the state (``controlplane.rollout_json``),
+feeds events and executes actions in list order; it executes ``recover``'s actions before it feeds
 any new event after a restart. Every action is idempotent on the server side.
 
 Phases:
@@ -48,7 +48,6 @@ the state its first action is ``Persist(new state)``.
 from __future__ import annotations
 
 import enum
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,17 +85,13 @@ __all__ = [
     "Start",
     "Tick",
     "create",
-    "from_json",
     "plan_waves",
     "recover",
     "step",
-    "to_json",
 ]
 
-SCHEMA = 1
 MAX_REASON_CHARS = 1024
 MAX_DECISIONS = 1000
-MAX_STATE_BYTES = 64 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -951,246 +946,3 @@ def _reason(text: object) -> str:
     if not isinstance(text, str):
         raise ValueError(f"a reason must be a string, got {text!r}")
     return text[:MAX_REASON_CHARS]
-
-
-# --- JSON ----------------------------------------------------------------------------------------------------
-
-
-def to_json(state: RolloutState) -> str:
-    """The stored form of ``state``: one JSON object, ``schema`` first."""
-    spec = state.spec
-    t = spec.thresholds
-    data = {
-        "schema": SCHEMA,
-        "spec": {
-            "rollout_id": spec.rollout_id,
-            "fleet": spec.fleet,
-            "model": spec.model,
-            "version": spec.version,
-            "waves": list(spec.waves),
-            "bake_seconds": spec.bake_seconds,
-            "max_parallel": spec.max_parallel,
-            "step_timeout_seconds": spec.step_timeout_seconds,
-            "thresholds": {name: getattr(t, name) for name in _THRESHOLD_FIELDS},
-            "remeasure_seconds": spec.remeasure_seconds,
-            "gate_timeout_seconds": spec.gate_timeout_seconds,
-            "pause_timeout_seconds": spec.pause_timeout_seconds,
-            "rollback_timeout_seconds": spec.rollback_timeout_seconds,
-        },
-        "phase": state.phase.value,
-        "wave": state.wave,
-        "devices": [
-            {
-                "device_id": d.device_id,
-                "device_class": d.device_class,
-                "wave": d.wave,
-                "previous": _build_dict(d.previous),
-                "target": _build_dict(d.target),
-                "status": d.status.value,
-                "since": d.since,
-                "reason": d.reason,
-            }
-            for d in state.devices
-        ],
-        "decisions": [
-            {"at": d.at, "wave": d.wave, "verdict": d.verdict, "reasons": list(d.reasons), "numbers": dict(d.numbers)}
-            for d in state.decisions
-        ],
-        "paused_reason": state.paused_reason,
-        "reason": state.reason,
-        "updated_at": state.updated_at,
-        "phase_deadline": state.phase_deadline,
-        "bake_started_at": state.bake_started_at,
-        "measure_at": state.measure_at,
-        "measuring": state.measuring,
-    }
-    return json.dumps(data, allow_nan=False, separators=(",", ":"))
-
-
-def from_json(text: str | bytes) -> RolloutState:
-    """Parse what ``to_json`` wrote. Raises ``ValueError`` naming the first bad field."""
-    if len(text) > MAX_STATE_BYTES:
-        raise ValueError(f"rollout state is {len(text)} bytes (at most {MAX_STATE_BYTES})")
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"rollout state is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError("rollout state must be a JSON object")
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"rollout state schema {data.get('schema')!r} is not supported (this reads {SCHEMA})")
-    r = _Reader(data, "state")
-    r.keys(
-        "schema spec phase wave devices decisions paused_reason reason updated_at phase_deadline bake_started_at "
-        "measure_at measuring"
-    )
-    try:
-        phase = r.get("phase", str)
-        if phase not in Phase._value2member_map_:
-            raise ValueError(f"state.phase: unknown phase {phase!r}")
-        return RolloutState(
-            spec=_spec(r.get("spec", dict), "state.spec"),
-            phase=Phase(phase),
-            wave=r.get("wave", int),
-            devices=tuple(_device(item, f"state.devices[{i}]") for i, item in enumerate(r.get("devices", list))),
-            decisions=tuple(
-                _decision(item, f"state.decisions[{i}]") for i, item in enumerate(r.get("decisions", list))
-            ),
-            paused_reason=r.get("paused_reason", str),
-            reason=r.get("reason", str),
-            updated_at=r.get("updated_at", float),
-            phase_deadline=r.get("phase_deadline", float, optional=True),
-            bake_started_at=r.get("bake_started_at", float, optional=True),
-            measure_at=r.get("measure_at", float, optional=True),
-            measuring=r.get("measuring", bool),
-        )
-    except _FieldError:
-        raise
-    except ValueError as exc:
-        raise ValueError(f"rollout state is inconsistent: {exc}") from exc
-
-
-_THRESHOLD_FIELDS = tuple(Thresholds.__dataclass_fields__)
-_OPTIONAL_THRESHOLDS = frozenset(
-    {"max_error_rate", "max_latency_p95_ms", "min_mean_confidence", "max_low_confidence_rate"}
-)
-
-
-class _FieldError(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number")
-
-
-def _build_dict(build: Build | None) -> dict[str, Any] | None:
-    if build is None:
-        return None
-    return {"name": build.name, "version": build.version, "variant": build.variant, "sha256": build.manifest_sha256}
-
-
-class _Reader:
-    """Typed field access on one JSON object; every error names the field's path."""
-
-    def __init__(self, data: object, where: str) -> None:
-        if not isinstance(data, dict):
-            raise _FieldError(f"{where}: expected an object, got {type(data).__name__}")
-        self.data, self.where = data, where
-
-    def keys(self, names: str | Iterable[str]) -> None:
-        expected = set(names.split() if isinstance(names, str) else names)
-        if unknown := sorted(set(self.data) - expected):
-            raise _FieldError(f"{self.where}: unknown field {unknown[0]!r}")
-        if missing := sorted(expected - set(self.data)):
-            raise _FieldError(f"{self.where}: missing field {missing[0]!r}")
-
-    def get(self, key: str, kind: type, *, optional: bool = False) -> Any:
-        value = self.data[key]
-        if value is None and optional:
-            return None
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
-            raise _FieldError(f"{self.where}.{key}: expected {kind.__name__}, got {value!r}")
-        return value
-
-    def nested(self, key: str, build: Any) -> Any:
-        """``build(value, path)``, turning its ValueError into one that names the path."""
-        try:
-            return build(self.data[key], f"{self.where}.{key}")
-        except _FieldError:
-            raise
-        except ValueError as exc:
-            raise _FieldError(f"{self.where}.{key}: {exc}") from exc
-
-
-def _build(data: object, where: str) -> Build | None:
-    if data is None:
-        return None
-    r = _Reader(data, where)
-    r.keys("name version variant sha256")
-    try:
-        return Build(r.get("name", str), r.get("version", int), r.get("variant", str), r.get("sha256", str))
-    except _FieldError:
-        raise
-    except ValueError as exc:
-        raise _FieldError(f"{where}: {exc}") from exc
-
-
-def _spec(data: object, where: str) -> RolloutSpec:
-    r = _Reader(data, where)
-    r.keys(
-        "rollout_id fleet model version waves bake_seconds max_parallel step_timeout_seconds thresholds "
-        "remeasure_seconds gate_timeout_seconds pause_timeout_seconds rollback_timeout_seconds"
-    )
-    t = _Reader(r.get("thresholds", dict), f"{where}.thresholds")
-    t.keys(_THRESHOLD_FIELDS)
-    thresholds: dict[str, Any] = {}
-    for name in _THRESHOLD_FIELDS:
-        default = Thresholds.__dataclass_fields__[name].default
-        kind = str if name == "on_breach" else int if isinstance(default, int) else float
-        thresholds[name] = t.get(name, kind, optional=name in _OPTIONAL_THRESHOLDS)
-    waves = r.get("waves", list)
-    try:
-        return RolloutSpec(
-            rollout_id=r.get("rollout_id", str),
-            fleet=r.get("fleet", str),
-            model=r.get("model", str),
-            version=r.get("version", int),
-            waves=tuple(waves),
-            bake_seconds=r.get("bake_seconds", float),
-            max_parallel=r.get("max_parallel", int),
-            step_timeout_seconds=r.get("step_timeout_seconds", float),
-            thresholds=Thresholds(**thresholds),
-            remeasure_seconds=r.get("remeasure_seconds", float),
-            gate_timeout_seconds=r.get("gate_timeout_seconds", float),
-            pause_timeout_seconds=r.get("pause_timeout_seconds", float),
-            rollback_timeout_seconds=r.get("rollback_timeout_seconds", float),
-        )
-    except _FieldError:
-        raise
-    except ValueError as exc:
-        raise _FieldError(f"{where}: {exc}") from exc
-
-
-def _device(data: object, where: str) -> DeviceRecord:
-    r = _Reader(data, where)
-    r.keys("device_id device_class wave previous target status since reason")
-    status = r.get("status", str)
-    if status not in DeviceStatus._value2member_map_:
-        raise _FieldError(f"{where}.status: unknown status {status!r}")
-    try:
-        return DeviceRecord(
-            device_id=r.get("device_id", str),
-            device_class=r.get("device_class", str),
-            wave=r.get("wave", int),
-            previous=r.nested("previous", _build),
-            target=r.nested("target", _build),
-            status=DeviceStatus(status),
-            since=r.get("since", float),
-            reason=r.get("reason", str),
-        )
-    except _FieldError:
-        raise
-    except ValueError as exc:
-        raise _FieldError(f"{where}: {exc}") from exc
-
-
-def _decision(data: object, where: str) -> Decision:
-    r = _Reader(data, where)
-    r.keys("at wave verdict reasons numbers")
-    reasons = r.get("reasons", list)
-    numbers = _Reader(r.get("numbers", dict), f"{where}.numbers")
-    try:
-        return Decision(
-            at=r.get("at", float),
-            wave=r.get("wave", int),
-            verdict=r.get("verdict", str),
-            reasons=tuple(reasons),
-            numbers={key: numbers.get(key, float) for key in numbers.data},
-        )
-    except _FieldError:
-        raise
-    except ValueError as exc:
-        raise _FieldError(f"{where}: {exc}") from exc

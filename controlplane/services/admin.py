@@ -23,7 +23,7 @@ import secrets
 
 import grpc
 
-from controlplane import rollout
+from controlplane import rollout_json
 from controlplane.auth import Role, bearer_token, new_operator_token, new_secret, require_role, sha256_hex
 from controlplane.blobs import BlobStalled, BlobTooLarge, check_sha256
 from controlplane.errors import InvalidRequest, NotFoundError, PreconditionFailed, Unauthenticated
@@ -460,7 +460,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             check_name("fleet", request.fleet)
         rows = await self.s.db(self.s.store.list_rollouts, request.fleet or None, active_only=request.active_only)
         return admin_pb2.ListRolloutsResponse(
-            rollouts=[await self.rollouts.message(rollout.from_json(row.state)) for row in rows]
+            rollouts=[await self.rollouts.message(rollout_json.from_json(row.state)) for row in rows]
         )
 
     @handle_errors

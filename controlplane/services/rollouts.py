@@ -12,9 +12,9 @@ The controller decides; this module does what it says and tells it what happened
   removed when it had none.
 - Device progress comes from the status reports devices send: the target build active means
   installed; a failed reconcile of the current generation means failed.
-- ``Persist`` writes the whole state; a finished rollout frees its (fleet, model) slot. The events of
-  one tick are stepped together and the state written once before their actions run (a wave's
-  device reports cost one write, not one each).
+- ``Persist`` writes the whole state (``controlplane.rollout_json``); a finished rollout frees its
+  (fleet, model) slot. The events of one tick are stepped together and the state written once
+  before their actions run (a wave's device reports cost one write, not one each).
 
 Invariants:
 - Every change to a rollout runs under one lock, one rollout step at a time, and the state is
@@ -34,7 +34,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from controlplane import gates, rollout
+from controlplane import gates, rollout, rollout_json
 from controlplane.classes import DEFAULT_CLASS
 from controlplane.errors import InvalidRequest, NotFoundError, PreconditionFailed
 from controlplane.fleet import facts_from_dict, timestamp
@@ -157,7 +157,7 @@ class RolloutService:
                 model=spec.model,
                 version=spec.version,
                 phase=str(state.phase),
-                state=rollout.to_json(state),
+                state=rollout_json.to_json(state),
                 now=now,
             )
             await s.db(s.store.set_setting, f"rollout:{spec.rollout_id}:selector", _selector_text(request.selector))
@@ -187,7 +187,7 @@ class RolloutService:
         row = await self.s.db(self.s.store.get_rollout, rollout_id)
         if row is None:
             raise NotFoundError(f"no rollout {rollout_id!r} (edgefleet rollouts list shows them)")
-        return rollout.from_json(row.state)
+        return rollout_json.from_json(row.state)
 
     async def message(self, state: rollout.RolloutState) -> admin_pb2.Rollout:
         selector = await self.s.db(self.s.store.get_setting, f"rollout:{state.spec.rollout_id}:selector")
@@ -213,7 +213,7 @@ class RolloutService:
     async def recover_all(self) -> None:
         async with self.lock:
             for row in await self.s.db(self.s.store.list_rollouts, active_only=True):
-                state = rollout.from_json(row.state)
+                state = rollout_json.from_json(row.state)
                 now = _epoch(self.s.clock())
                 state = await self._execute(state, rollout.recover(state, now))
                 await self._feed(state, rollout.Tick())
@@ -224,7 +224,7 @@ class RolloutService:
                 fresh = await self.s.db(self.s.store.get_rollout, row.rollout_id)
                 if fresh is None or fresh.active_slot is None:
                     continue
-                await self._advance(rollout.from_json(fresh.state))
+                await self._advance(rollout_json.from_json(fresh.state))
 
     async def _advance(self, state: rollout.RolloutState) -> rollout.RolloutState:
         """Feed what the devices reported, devices that joined, and a Tick."""
@@ -335,7 +335,7 @@ class RolloutService:
             self.s.store.save_rollout,
             state.spec.rollout_id,
             phase=str(state.phase),
-            state=rollout.to_json(state),
+            state=rollout_json.to_json(state),
             active=not state.terminal,
             now=self.s.clock(),
         )

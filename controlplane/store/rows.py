@@ -230,7 +230,7 @@ class JobRow:
 
 @dataclass(frozen=True)
 class RolloutRow:
-    """A stored rollout; ``state`` is the controller's JSON (``controlplane.rollout.from_json``)."""
+    """A stored rollout; ``state`` is the controller's JSON (``controlplane.rollout_json.from_json``)."""
 
     rollout_id: str
     fleet: str

@@ -338,8 +338,8 @@ class BenchmarkJob(Base):
 
 
 class RolloutRecord(Base):
-    """A rollout: ``state`` is ``controlplane.rollout.to_json``; ``active_slot`` is "FLEET/MODEL" until the
-    rollout ends, then NULL (one active rollout per fleet and model, enforced by the unique index)."""
+    """A rollout: ``state`` is ``controlplane.rollout_json.to_json``; ``active_slot`` is "FLEET/MODEL" until
+    the rollout ends, then NULL (one active rollout per fleet and model, enforced by the unique index)."""
 
     __tablename__ = "rollouts"
     __table_args__ = (Index("ix_rollouts_fleet", "fleet"),)

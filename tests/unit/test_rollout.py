@@ -1,8 +1,7 @@
-"""The rollout state machine: wave planning, gates, pause/abort/rollback, deadlines, JSON, crash recovery."""
+"""The rollout state machine: wave planning, gates, pause/abort/rollback, deadlines, crash recovery."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controlplane import rollout_json
 from controlplane.gates import Thresholds
 from controlplane.rollout import (
     IN_FLIGHT,
@@ -41,11 +41,9 @@ from controlplane.rollout import (
     Start,
     Tick,
     create,
-    from_json,
     plan_waves,
     recover,
     step,
-    to_json,
 )
 
 S = DeviceStatus
@@ -87,7 +85,7 @@ class World:
     def execute(self, action: Action) -> list[Event]:
         match action:
             case Persist(state=state):
-                self.persisted = to_json(state)
+                self.persisted = rollout_json.to_json(state)
             case Assign(device_ids=ids):
                 for device_id in ids:
                     self.assigned[device_id] += 1
@@ -147,7 +145,7 @@ def drive(
                 if actions and isinstance(actions[0], Persist):
                     world.execute(actions[0])
                 queue.clear()
-                state = from_json(world.persisted) if world.persisted else state
+                state = rollout_json.from_json(world.persisted) if world.persisted else state
                 for action in recover(state, now):
                     queue.extend(world.execute(action))
                 continue
@@ -491,7 +489,7 @@ def test_recover_redoes_exactly_the_unfinished_work() -> None:
     state, _ = step(state, DeviceAssigned("a-000", NEW), T0)
     state, _ = step(state, DeviceReport("a-000", NEW), T0)
     state, _ = step(state, DeviceAssigned("a-001", NEW), T0)
-    actions = recover(from_json(to_json(state)), T0 + 5)
+    actions = recover(rollout_json.from_json(rollout_json.to_json(state)), T0 + 5)
     assert [a for a in actions if not isinstance(a, Notify)] == [Assign(("a-002", "a-003"))]
     state = install_wave(state)
     state = install_wave(state)
@@ -502,40 +500,6 @@ def test_recover_redoes_exactly_the_unfinished_work() -> None:
     assert [type(a) for a in recover(state, T0 + 600) if not isinstance(a, Notify)] == [MeasureGate]
     state, _ = step(state, Rollback(), T0 + 2)
     assert [type(a) for a in recover(state, T0 + 3) if not isinstance(a, Notify)] == [Revert]
-
-
-# --- JSON ----------------------------------------------------------------------------------------------------
-
-
-def test_json_round_trip_and_corrupt_text() -> None:
-    state = install_wave(started(thresholds=Thresholds(max_error_rate=0.1, on_breach="pause")))
-    state, _ = step(state, Tick(), T0 + 600)
-    state, _ = step(state, GateResult(0, "wait", ("r",), {"canary_requests": 12}), T0 + 601)
-    text = to_json(state)
-    assert from_json(text) == state
-    assert from_json(text.encode()) == state
-    data = json.loads(text)
-    for mutate, message in (
-        (lambda d: d.pop("wave"), "missing field 'wave'"),
-        (lambda d: d.update(extra=1), "unknown field 'extra'"),
-        (lambda d: d.update(schema=2), "schema 2"),
-        (lambda d: d.update(phase="dancing"), "unknown phase"),
-        (lambda d: d["devices"][0].update(status="lost"), r"state.devices\[0\].status"),
-        (lambda d: d["devices"][0]["target"].update(sha256="xyz"), r"state.devices\[0\].target"),
-        (lambda d: d["spec"].update(waves=[50, 20]), "strictly increasing"),
-        (lambda d: d["spec"]["thresholds"].update(on_breach="panic"), "on_breach"),
-        (lambda d: d.update(phase_deadline=None), "deadline"),
-        (lambda d: d["decisions"][0].update(verdict="maybe"), "verdict"),
-        (lambda d: d.update(wave="1"), "expected int"),
-    ):
-        broken = json.loads(text)
-        mutate(broken)
-        with pytest.raises(ValueError, match=message):
-            from_json(json.dumps(broken))
-    for text in ("", "{", "[]", '{"schema": 1}', '{"schema":1,"x":NaN}'):
-        with pytest.raises(ValueError):
-            from_json(text)
-    assert data["schema"] == 1
 
 
 # --- properties ----------------------------------------------------------------------------------------------
@@ -623,7 +587,7 @@ def test_random_event_sequences_keep_the_invariants(events: list[tuple[Event | H
         if cap and new.phase in (Phase.RUNNING, Phase.BAKING):
             assert sum(1 for d in new.devices if d.status in IN_FLIGHT) <= cap
         assert all(d.status is S.PENDING for d in new.devices if d.wave > new.wave)
-        assert from_json(to_json(new)) == new
+        assert rollout_json.from_json(rollout_json.to_json(new)) == new
         state = new
 
 
