@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench.benchkit import BenchError, cpu_model  # noqa: E402
+from scripts.bench.benchkit import BenchError, cpu_model, start_server, stop_process  # noqa: E402
 
 EDGEFLEET = Path(sys.executable).with_name("edgefleet")
 TEXTS = ["wake me up at seven tomorrow", "play some jazz by miles davis", "what is the weather in berlin"]
@@ -60,12 +59,6 @@ status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in lines}
 print(json.dumps({"rss": status["VmRSS"], "anon": status["RssAnon"], "modules": len(sys.modules)}), flush=True)
 sys.stdin.read()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory(pid: int) -> dict[str, int]:
@@ -143,18 +136,10 @@ def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="ef-agent-memory-"))
     procs: list[subprocess.Popen] = []
     try:
-        server_dir, agent_dir = tmp / "server", tmp / "agent"
-        api, device = free_port(), free_port()
-        procs.append(
-            subprocess.Popen(
-                [str(EDGEFLEET), "server", "--data-dir", str(server_dir), "--listen", "127.0.0.1",
-                 "--advertise", "127.0.0.1", "--api-port", str(api), "--device-port", str(device),
-                 "--ready-file", str(tmp / "ready"), "--log-level", "warning"],
-                stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("wb"),
-            )
-        )  # fmt: skip
-        wait_for("the control plane", lambda: (tmp / "ready").exists() and (tmp / "ready").stat().st_size, 60)
-        env = {**os.environ, "EDGEFLEET_CONFIG": str(server_dir / "cli.toml")}
+        agent_dir = tmp / "agent"
+        server = start_server(tmp)
+        procs.append(server.process)
+        env = {**os.environ, "EDGEFLEET_CONFIG": str(server.data_dir / "cli.toml")}
         key = tmp / "publisher.key"
         cli("keys", "create", "--out", str(key), env=env)
         cli("keys", "register", f"{key}.pub", "--name", "bench", env=env)
@@ -192,13 +177,10 @@ def run(args: argparse.Namespace) -> dict:
             ).stdout.strip() or 0
         )  # fmt: skip
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(procs):  # all at once, so that their graceful stops overlap
             proc.terminate()
         for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, timeout=20)
         shutil.rmtree(tmp, ignore_errors=True)
 
     agent_rss = statistics.median(r["rss"] for r in agent_reads)

@@ -1,26 +1,129 @@
-"""What the fleet benchmarks share: /proc readers, a percentile, the worker-process pool and its pipes.
+"""What the fleet benchmarks share: the control plane process, stopping processes, /proc readers, a
+percentile, the worker-process pool and its pipes.
 
-Imported by ``session.py``, ``rollout.py`` and ``mqtt_ingest.py`` (run as scripts, so this directory
-is on ``sys.path``, also in their spawned worker processes).
+Imported by the benchmarks in this directory (run as scripts, so this directory is on ``sys.path``,
+also in their spawned worker processes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from protos.cpuinfo import local_cpu_model
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVER_READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
 
 
 class BenchError(Exception):
     """The benchmark could not be set up or a process stopped answering."""
+
+
+# --- the control plane process and stopping processes ----------------------------------
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    process: subprocess.Popen
+    pid: int
+    api_port: int
+    device_port: int
+    data_dir: Path
+    log_path: Path
+
+
+def start_server(
+    tmp: Path, *extra_args: str, heartbeat_seconds: int | None = None, new_session: bool = False
+) -> ServerProcess:
+    """Start `edgefleet server` (data in ``tmp/server``, output in ``tmp/server.log``, any free ports,
+    log level warning, `extra_args` added) and wait for its ready file. Raises BenchError.
+
+    ``heartbeat_seconds`` None leaves the server's default. ``new_session``: the server gets its own
+    session, so that a terminal's ^C reaches the benchmark only, which then stops the server gracefully.
+    """
+    data_dir, ready, log_path = tmp / "server", tmp / "ready", tmp / "server.log"
+    executable = Path(sys.executable).with_name("edgefleet")
+    command = [
+        str(executable), "server",
+        "--data-dir", str(data_dir), "--api-port", "0", "--device-port", "0",
+        "--listen", "127.0.0.1", "--advertise", "127.0.0.1",
+        *(["--heartbeat-seconds", str(heartbeat_seconds)] if heartbeat_seconds is not None else []),
+        *extra_args,
+        "--ready-file", str(ready), "--log-level", "warning",
+    ]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=new_session
+        )
+    deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"the control plane exited with {process.returncode}: {tail(log_path)}")
+        with contextlib.suppress(OSError, ValueError):
+            api_port, device_port, pid = (int(x) for x in ready.read_text().split())
+            return ServerProcess(process, pid, api_port, device_port, data_dir, log_path)
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    raise BenchError(f"the control plane was not ready within {SERVER_READY_TIMEOUT_SECONDS:.0f} s")
+
+
+def stop_process(
+    process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS, *, group: bool = False
+) -> int | None:
+    """SIGTERM (graceful stop), then SIGKILL after `timeout` seconds. Returns the exit code (0 = graceful).
+
+    ``group``: signal the process group of a process started with ``start_new_session=True``, and
+    SIGKILL what is left of the group (e.g. its children) even when the process itself has exited.
+    """
+
+    def send(signum: int) -> None:
+        if group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+        elif process.poll() is None:
+            process.send_signal(signum)
+
+    send(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    if group or process.poll() is None:
+        send(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    return process.returncode
+
+
+def stop_server(server: ServerProcess) -> int | None:
+    """Stop the control plane: SIGTERM, then SIGKILL after a deadline. Returns the exit code (0 = graceful)."""
+    return stop_process(server.process)
+
+
+def tail(path: Path, lines: int = 10) -> str:
+    """The last `lines` lines of a log file ("" if it cannot be read)."""
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def log_lines(path: Path) -> list[str]:
+    """The non-blank lines of a log file (none if it cannot be read)."""
+    with contextlib.suppress(OSError):
+        return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return []
 
 
 # --- /proc readers -----------------------------------------------------------------

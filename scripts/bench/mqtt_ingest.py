@@ -79,29 +79,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchkit import (
+    STOP_TIMEOUT_SECONDS,
     BenchError,
+    ServerProcess,
     WarningCounter,
     WorkerPool,
     cpu_model,
     cpu_seconds,
+    log_lines,
     percentile,
     rss_bytes,
     split,
+    start_server,
+    stop_process,
+    tail,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FLEET = "bench"
 RAW_PREFIX = "bench-raw"
 BOOT_IDS = {"mqtt": "boot-mqtt", "grpc": "boot-grpc"}  # same length: same payload sizes
 PHASE_OFFSET = {"raw": 0, "mqtt": 0, "grpc": 1}  # raw publishes (b)'s bytes
 REQUESTS_PER_POINT = 10
 SAMPLES_MS = [0.8, 1.1, 1.3, 1.6, 1.9, 2.2, 2.6, 3.1, 4.0, 7.5]  # one point's 10 latencies
-SERVER_READY_TIMEOUT_SECONDS = 60.0
 BROKER_READY_TIMEOUT_SECONDS = 15.0
 WORKER_READY_TIMEOUT_SECONDS = 60.0
 RPC_TIMEOUT_SECONDS = 30.0
 WORKER_REPLY_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 15.0
 HELLO_RETRY_SECONDS = 2.0
 PHASES = ("raw", "mqtt", "grpc")
 
@@ -565,74 +568,13 @@ def start_broker(tmp: Path) -> Broker:
     deadline = time.monotonic() + BROKER_READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise BenchError(f"mosquitto exited with {process.returncode}: {_tail(log_path)}")
+            raise BenchError(f"mosquitto exited with {process.returncode}: {tail(log_path)}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return Broker(process, port, log_path)
         time.sleep(0.05)
     process.kill()
     raise BenchError(f"mosquitto did not listen within {BROKER_READY_TIMEOUT_SECONDS:.0f} s")
-
-
-@dataclass(frozen=True)
-class ServerProcess:
-    process: subprocess.Popen
-    pid: int
-    api_port: int
-    device_port: int
-    data_dir: Path
-    log_path: Path
-
-
-def start_server(tmp: Path, broker_port: int) -> ServerProcess:
-    """Start `edgefleet server --mqtt` and wait for its ready file. Raises BenchError."""
-    data_dir, ready, log_path = tmp / "server", tmp / "ready", tmp / "server.log"
-    executable = Path(sys.executable).with_name("edgefleet")
-    command = [
-        str(executable), "server",
-        "--data-dir", str(data_dir), "--api-port", "0", "--device-port", "0",
-        "--listen", "127.0.0.1", "--advertise", "127.0.0.1",
-        "--mqtt", f"mqtt://127.0.0.1:{broker_port}",
-        # Devices here send no heartbeats: a long interval keeps their sessions open between phases.
-        "--heartbeat-seconds", "600",
-        "--ready-file", str(ready), "--log-level", "warning",
-    ]  # fmt: skip
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the control plane exited with {process.returncode}: {_tail(log_path)}")
-        with contextlib.suppress(OSError, ValueError):
-            api_port, device_port, pid = (int(x) for x in ready.read_text().split())
-            return ServerProcess(process, pid, api_port, device_port, data_dir, log_path)
-        time.sleep(0.05)
-    process.kill()
-    raise BenchError(f"the control plane was not ready within {SERVER_READY_TIMEOUT_SECONDS:.0f} s")
-
-
-def stop_process(process: subprocess.Popen) -> int | None:
-    """SIGTERM, then SIGKILL after a deadline. Returns the exit code."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    return process.returncode
-
-
-def _tail(path: Path, lines: int = 10) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
-def log_lines(path: Path) -> list[str]:
-    with contextlib.suppress(OSError):
-        return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return []
 
 
 class RawSubscriber:
@@ -822,7 +764,13 @@ def run(args: argparse.Namespace, say: Callable[[str], None], cleanup: list[Call
     cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     broker = start_broker(tmp)
     cleanup.append(lambda: stop_process(broker.process))
-    server = start_server(tmp, broker.port)
+    server = start_server(
+        tmp,
+        "--mqtt",
+        f"mqtt://127.0.0.1:{broker.port}",
+        # Devices here send no heartbeats: a long interval keeps their sessions open between phases.
+        heartbeat_seconds=600,
+    )
     workers: Workers | None = None
 
     def stop_server() -> None:

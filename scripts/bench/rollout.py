@@ -92,7 +92,6 @@ import platform
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -102,27 +101,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchkit import (
+    REPO_ROOT,
+    STOP_TIMEOUT_SECONDS,
     BenchError,
+    ServerProcess,
     WarningCounter,
     WorkerPool,
     cpu_model,
     cpu_seconds,
+    log_lines,
     rss_bytes,
     split,
+    start_server,
+    stop_server,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # tests.bundles: the tiny ONNX bundles
 
 FLEET = "bench"
 MODEL = "tiny"
 GOOD, BAD, BASE = 2, 3, 1  # versions: v2 rolls out cleanly, v3 reports slow minutes, v1 is the starting point
 TERMINAL = ("completed", "aborted", "rolled_back", "failed")
-SERVER_READY_TIMEOUT_SECONDS = 60.0
 WORKER_READY_TIMEOUT_SECONDS = 60.0
 RPC_TIMEOUT_SECONDS = 30.0
 WORKER_REPLY_TIMEOUT_SECONDS = 30.0
-STOP_TIMEOUT_SECONDS = 15.0
 LATENCY_MEDIAN_MS = 2.0
 LATENCY_SIGMA = 0.25  # log-normal: p95 = median * e^(1.645 sigma), about 1.5x the median
 STEPS = ("desired", "download_started", "downloaded", "staged", "activated")
@@ -437,75 +439,6 @@ class _NoTrustConfig:
     """What ``agent.daemon.trusted_keys`` reads of an AgentConfig: no --trust files; the join pins the key."""
 
     trusted_publisher_key_files: tuple[Path, ...] = ()
-
-
-# --- the control plane process --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerProcess:
-    process: subprocess.Popen
-    pid: int
-    api_port: int
-    device_port: int
-    data_dir: Path
-    log_path: Path
-
-
-def start_server(tmp: Path, args: argparse.Namespace) -> ServerProcess:
-    """Start `edgefleet server` and wait for its ready file. Raises BenchError."""
-    data_dir, ready, log_path = tmp / "server", tmp / "ready", tmp / "server.log"
-    executable = Path(sys.executable).with_name("edgefleet")
-    command = [
-        str(executable), "server",
-        "--data-dir", str(data_dir), "--api-port", "0", "--device-port", "0",
-        "--listen", "127.0.0.1", "--advertise", "127.0.0.1",
-        "--heartbeat-seconds", str(args.heartbeat_seconds),
-        "--rollout-tick-seconds", str(args.rollout_tick_seconds),
-        "--rollout-remeasure-seconds", str(args.rollout_remeasure_seconds),
-        "--ready-file", str(ready), "--log-level", "warning",
-    ]  # fmt: skip
-    with log_path.open("wb") as log_file:
-        # Its own session: a terminal's ^C reaches this script only, which then stops the server gracefully.
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
-        )
-    deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the control plane exited with {process.returncode}: {_tail(log_path)}")
-        with contextlib.suppress(OSError, ValueError):
-            api_port, device_port, pid = (int(x) for x in ready.read_text().split())
-            return ServerProcess(process, pid, api_port, device_port, data_dir, log_path)
-        time.sleep(0.05)
-    process.kill()
-    process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    raise BenchError(f"the control plane was not ready within {SERVER_READY_TIMEOUT_SECONDS:.0f} s")
-
-
-def stop_server(server: ServerProcess) -> int | None:
-    """SIGTERM (graceful stop), then SIGKILL after a deadline. Returns the exit code (0 = graceful)."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    return server.process.returncode
-
-
-def _tail(path: Path, lines: int = 10) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
-def server_log_lines(path: Path) -> list[str]:
-    """Lines of the server log (run at --log-level warning): each names a problem."""
-    with contextlib.suppress(OSError):
-        return [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return []
 
 
 # --- the operator API ---------------------------------------------------------------
@@ -831,14 +764,20 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-bench-rollout-")))
         agent_root = Path(tempfile.mkdtemp(prefix="edgefleet-bench-rollout-agents-", dir=args.agent_dir))
         stack.callback(shutil.rmtree, agent_root, ignore_errors=True)
-        server = start_server(tmp, args)
+        server = start_server(
+            tmp,
+            "--rollout-tick-seconds", str(args.rollout_tick_seconds),
+            "--rollout-remeasure-seconds", str(args.rollout_remeasure_seconds),
+            heartbeat_seconds=args.heartbeat_seconds,
+            new_session=True,  # a terminal's ^C reaches this script only, which then stops the server gracefully
+        )  # fmt: skip
         workers: Workers | None = None
 
         def shut_down() -> None:
             if workers is not None:
                 workers.close()
             result["server_exit_code"] = stop_server(server)
-            lines = server_log_lines(server.log_path)
+            lines = log_lines(server.log_path)  # run at --log-level warning: each names a problem
             result["server_log"] = {"lines": len(lines), "samples": lines[:10]}
 
         stack.callback(shut_down)

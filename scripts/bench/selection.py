@@ -61,6 +61,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchkit import BenchError, stop_process, tail  # noqa: E402
+
 from controlplane.selection import QUALITY_RESOLUTION  # noqa: E402
 
 FLEET = "bench"
@@ -100,10 +102,6 @@ classes:
       objective: smallest
       benchmark_sample_size: 1
 """
-
-
-class BenchError(Exception):
-    """The benchmark could not be set up, or the evidence did not arrive in time."""
 
 
 @dataclass(frozen=True)
@@ -175,17 +173,8 @@ class Agent:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the group, wait up to grace seconds, then SIGKILL what is left."""
-        self.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(grace)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(10)
+        stop_process(self.process, grace, group=True)
         self.log.close()
-
-    def tail(self, lines: int = 15) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -409,7 +398,7 @@ def run(opts: argparse.Namespace, tmp: Path) -> int:
         def placed() -> bool:
             for a in agents:
                 if a.process.poll() is not None:
-                    raise BenchError(f"agent {a.spec.device_id} exited {a.process.returncode}:\n{a.tail()}")
+                    raise BenchError(f"agent {a.spec.device_id} exited {a.process.returncode}:\n{tail(a.log_path, 15)}")
             return {d.device_id: d.device_class for d in cp.devices() if d.online} == want
 
         wait_for(placed, timeout=90, what="three agents online in their classes")
@@ -499,7 +488,7 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         for log in sorted(tmp.glob("*.log")):
             print(f"--- {log.name} (last lines)", file=sys.stderr)
-            print("\n".join(log.read_text(errors="replace").splitlines()[-10:]), file=sys.stderr)
+            print(tail(log), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)

@@ -55,7 +55,6 @@ import multiprocessing.connection
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,23 +63,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchkit import (
+    STOP_TIMEOUT_SECONDS,
     BenchError,
+    ServerProcess,
     WarningCounter,
     WorkerPool,
     cpu_model,
     cpu_seconds,
+    log_lines,
     percentile,
     rss_bytes,
     split,
+    start_server,
+    stop_server,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FLEET = "bench"
-SERVER_READY_TIMEOUT_SECONDS = 60.0
 WORKER_READY_TIMEOUT_SECONDS = 60.0
 RPC_TIMEOUT_SECONDS = 15.0
 WORKER_REPLY_TIMEOUT_SECONDS = 30.0
-STOP_TIMEOUT_SECONDS = 15.0
 
 
 # --- worker process: N/workers agents on one asyncio loop ----------------------------
@@ -203,70 +204,6 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
     loop.remove_reader(conn.fileno())
 
 
-# --- the control plane process --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerProcess:
-    process: subprocess.Popen
-    pid: int
-    api_port: int
-    device_port: int
-    data_dir: Path
-    log_path: Path
-
-
-def start_server(tmp: Path, heartbeat_seconds: int) -> ServerProcess:
-    """Start `edgefleet server` and wait for its ready file. Raises BenchError."""
-    data_dir, ready, log_path = tmp / "server", tmp / "ready", tmp / "server.log"
-    executable = Path(sys.executable).with_name("edgefleet")
-    command = [
-        str(executable), "server",
-        "--data-dir", str(data_dir), "--api-port", "0", "--device-port", "0",
-        "--listen", "127.0.0.1", "--advertise", "127.0.0.1",
-        "--heartbeat-seconds", str(heartbeat_seconds),
-        "--ready-file", str(ready), "--log-level", "warning",
-    ]  # fmt: skip
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the control plane exited with {process.returncode}: {_tail(log_path)}")
-        with contextlib.suppress(OSError, ValueError):
-            api_port, device_port, pid = (int(x) for x in ready.read_text().split())
-            return ServerProcess(process, pid, api_port, device_port, data_dir, log_path)
-        time.sleep(0.05)
-    process.kill()
-    raise BenchError(f"the control plane was not ready within {SERVER_READY_TIMEOUT_SECONDS:.0f} s")
-
-
-def stop_server(server: ServerProcess) -> int | None:
-    """SIGTERM (graceful stop), then SIGKILL after a deadline. Returns the exit code (0 = graceful)."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    return server.process.returncode
-
-
-def _tail(path: Path, lines: int = 10) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
-def server_log_problems(path: Path) -> list[str]:
-    """Lines of the server log (run at --log-level warning) that name a problem."""
-    with contextlib.suppress(OSError):
-        text = path.read_text(errors="replace")
-        return [line for line in text.splitlines() if line.strip()]
-    return []
-
-
 # --- the operator API ---------------------------------------------------------------
 
 
@@ -352,7 +289,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        server = start_server(tmp, args.heartbeat_seconds)
+        server = start_server(tmp, heartbeat_seconds=args.heartbeat_seconds)
         workers: Workers | None = None
         try:
             say(f"control plane pid {server.pid}: api {server.api_port}, devices {server.device_port}")
@@ -451,7 +388,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
                         conn.send(("stop",))
                 workers.close()
             result["server_exit_code"] = stop_server(server)
-            problems = server_log_problems(server.log_path)
+            problems = log_lines(server.log_path)  # run at --log-level warning: each names a problem
             result["server_log"] = {"lines": len(problems), "samples": problems[:10]}
     return result
 
