@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from scripts.bench.benchkit import start_server, stop_server  # noqa: E402
 
 
 def raw_copy(source: Path, dest: Path, *, use_sendfile: bool) -> float:
@@ -116,8 +117,9 @@ def grpc_ceiling(mib: int, *, tls: bool) -> float:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ready = multiprocessing.Event()
-    server = multiprocessing.Process(target=_ceiling_server, args=(port, tls, ca.cert_pem, key_chain, ready))
+    context = multiprocessing.get_context("spawn")  # the parent holds gRPC channels: never fork it
+    ready = context.Event()
+    server = context.Process(target=_ceiling_server, args=(port, tls, ca.cert_pem, key_chain, ready))
     server.start()
     try:
         if not ready.wait(30):
@@ -168,21 +170,10 @@ def main() -> int:
     size = opts.mib * 2**20
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        ready = tmp_path / "ready"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet", "server", "--data-dir", str(tmp_path / "srv"), "--listen",
-             "127.0.0.1", "--advertise", "127.0.0.1", "--api-port", "0", "--device-port", "0",
-             "--ready-file", str(ready), "--log-level", "warning"],
-            cwd=ROOT,
-        )  # fmt: skip
+        server = start_server(tmp_path)
         try:
-            deadline = time.monotonic() + 60
-            while not ready.exists():
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("control plane did not start")
-                time.sleep(0.1)
-            api_port = int(ready.read_text().split()[0])
-            srv = tmp_path / "srv"
+            api_port = server.api_port
+            srv = server.data_dir
             creds = grpc.ssl_channel_credentials((srv / "ca.crt").read_bytes())
             admin_channel = grpc.secure_channel(
                 f"127.0.0.1:{api_port}", creds, options=[("grpc.ssl_target_name_override", TLS_SERVER_NAME)]
@@ -295,8 +286,7 @@ def main() -> int:
             partial = (cut / f"{sha}.part").stat().st_size
             resumed = asyncio.run(fetch(cut))
         finally:
-            server.terminate()
-            server.wait(20)
+            stop_server(server)
 
     mib_s = size / 2**20 / fetch_seconds
     raw_mib_s = size / 2**20 / raw_seconds
