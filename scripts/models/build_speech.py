@@ -1,7 +1,7 @@
 """Build the FSDD spoken-digit bundles: train a DS-CNN, export, quantize, measure, write bundle dirs.
 
     .venv/bin/python -m scripts.models.build_speech [--epochs 30] [--loso-epochs 20] [--loso-jobs 2] [--skip-loso]
-        [--mixup-alpha 0]
+        [--mixup-alpha 0.3] [--channels 96]
 
 Writes ``models/speech-command/fsdd-digits-<variant>/`` (model.onnx, labels.txt,
 manifest.json) for every variant that applies, prints the per-variant table and the
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format
 
+from protos.bundle_io import write_bundle_dir
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import from_numpy
 from scripts.models import speech_train, speech_variants
@@ -93,11 +92,6 @@ def write_bundle(
     description: str,
     source_model: str,
 ) -> None:
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    shutil.copyfile(onnx_path, directory / MODEL_FILE)
-    (directory / speech_train.LABELS_FILE).write_text("\n".join(speech_train.LABELS) + "\n", encoding="utf-8")
     atol, rtol = TOLERANCE[variant]
     manifest = bundle_pb2.BundleManifest(
         format_version=1,
@@ -130,11 +124,18 @@ def write_bundle(
         {"path": MODEL_FILE, "role": "model"},
         {"path": speech_train.LABELS_FILE, "role": "labels"},
     ]
-    (directory / "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    labels = ("\n".join(speech_train.LABELS) + "\n").encode()
+    write_bundle_dir(directory, {MODEL_FILE: onnx_path, speech_train.LABELS_FILE: labels}, data)
 
 
 def _loso_fold(
-    clips: Sequence[Clip], speaker: str, epochs: int, seed: int, threads: int, mixup_alpha: float = 0.0
+    clips: Sequence[Clip],
+    speaker: str,
+    epochs: int,
+    seed: int,
+    threads: int,
+    mixup_alpha: float = speech_train.MIXUP_ALPHA,
+    channels: int = speech_train.CHANNELS,
 ) -> float:
     """Train without ``speaker``, return the accuracy on every clip of ``speaker``."""
     import torch
@@ -142,15 +143,17 @@ def _loso_fold(
     torch.set_num_threads(threads)
     train, test = fsdd_leave_one_speaker_out(clips, speaker)
     log(f"LOSO: training without {speaker} ({len(train)} clips)")
-    model = speech_train.train(train, epochs=epochs, seed=seed, mixup_alpha=mixup_alpha, log=lambda _: None)
+    model = speech_train.train(
+        train, epochs=epochs, seed=seed, mixup_alpha=mixup_alpha, channels=channels, log=lambda _: None
+    )
     predicted = speech_train.predict(model, speech_train.clip_features(test))
     value = float((predicted == np.array([c.digit for c in test])).mean())
     log(f"LOSO {speaker}: {value:.4f}")
     return value
 
 
-def _loso_fold_in_child(speaker: str, epochs: int, seed: int, threads: int, mixup_alpha: float) -> float:
-    return _loso_fold(load_fsdd(), speaker, epochs, seed, threads, mixup_alpha)
+def _loso_fold_in_child(speaker: str, epochs: int, seed: int, threads: int, mixup_alpha: float, channels: int) -> float:
+    return _loso_fold(load_fsdd(), speaker, epochs, seed, threads, mixup_alpha, channels)
 
 
 def _loso_rows(clips: Sequence[Clip], values: dict[str, float]) -> list[bundle_pb2.SliceMetric]:
@@ -163,15 +166,28 @@ def _loso_rows(clips: Sequence[Clip], values: dict[str, float]) -> list[bundle_p
 
 
 def leave_one_speaker_out(
-    clips: Sequence[Clip], epochs: int, seed: int, *, threads: int = 1, mixup_alpha: float = 0.0
+    clips: Sequence[Clip],
+    epochs: int,
+    seed: int,
+    *,
+    threads: int = 1,
+    mixup_alpha: float = speech_train.MIXUP_ALPHA,
+    channels: int = speech_train.CHANNELS,
 ) -> list[bundle_pb2.SliceMetric]:
     """One fold per speaker, trained here one after the other."""
     speakers = sorted({c.speaker for c in clips})
-    return _loso_rows(clips, {s: _loso_fold(clips, s, epochs, seed, threads, mixup_alpha) for s in speakers})
+    return _loso_rows(clips, {s: _loso_fold(clips, s, epochs, seed, threads, mixup_alpha, channels) for s in speakers})
 
 
 def start_leave_one_speaker_out(
-    clips: Sequence[Clip], epochs: int, seed: int, *, jobs: int, threads: int = 1, mixup_alpha: float = 0.0
+    clips: Sequence[Clip],
+    epochs: int,
+    seed: int,
+    *,
+    jobs: int,
+    threads: int = 1,
+    mixup_alpha: float = speech_train.MIXUP_ALPHA,
+    channels: int = speech_train.CHANNELS,
 ) -> Callable[[], list[bundle_pb2.SliceMetric]]:
     """Start the folds in ``jobs`` child processes; the returned call waits for them (same results as in-process)."""
     import multiprocessing
@@ -180,7 +196,7 @@ def start_leave_one_speaker_out(
     speakers = sorted({c.speaker for c in clips})
     context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
-    futures = {s: pool.submit(_loso_fold_in_child, s, epochs, seed, threads, mixup_alpha) for s in speakers}
+    futures = {s: pool.submit(_loso_fold_in_child, s, epochs, seed, threads, mixup_alpha, channels) for s in speakers}
 
     def wait() -> list[bundle_pb2.SliceMetric]:
         try:
@@ -203,7 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--mixup-alpha",
         type=float,
         default=speech_train.MIXUP_ALPHA,
-        help="mixup between the clips of a batch, Beta(alpha, alpha) weights (0: off, the shipped recipe)",
+        help="mixup between the clips of a batch, Beta(alpha, alpha) weights (0: off)",
+    )
+    parser.add_argument(
+        "--channels", type=int, default=speech_train.CHANNELS, help="DS-CNN width (channels of every block)"
     )
     parser.add_argument(
         "--loso-jobs",
@@ -223,9 +242,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     pending_loso = None
     if not args.skip_loso and args.loso_jobs > 0:
         pending_loso = start_leave_one_speaker_out(
-            clips, args.loso_epochs, args.seed, jobs=args.loso_jobs, threads=args.threads, mixup_alpha=args.mixup_alpha
+            clips,
+            args.loso_epochs,
+            args.seed,
+            jobs=args.loso_jobs,
+            threads=args.threads,
+            mixup_alpha=args.mixup_alpha,
+            channels=args.channels,
         )
-    model = speech_train.train(train, epochs=args.epochs, seed=args.seed, mixup_alpha=args.mixup_alpha, log=log)
+    model = speech_train.train(
+        train, epochs=args.epochs, seed=args.seed, mixup_alpha=args.mixup_alpha, channels=args.channels, log=log
+    )
     log(f"DS-CNN with {speech_train.parameter_count(model)} parameters")
     test_inputs = speech_train.clip_features(test)
     rng = np.random.default_rng(args.seed)
@@ -236,7 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         loso = []
     else:
         loso = leave_one_speaker_out(
-            clips, args.loso_epochs, args.seed, threads=args.threads, mixup_alpha=args.mixup_alpha
+            clips,
+            args.loso_epochs,
+            args.seed,
+            threads=args.threads,
+            mixup_alpha=args.mixup_alpha,
+            channels=args.channels,
         )
 
     cpu = cpu_model()
@@ -247,13 +279,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for variant in ("fp32", *speech_variants.MAKERS):
             path = work / f"{variant}.onnx"
             if variant == "fp32":
-                how = f"DS-CNN ({speech_train.parameter_count(model)} parameters) trained from scratch, fp32"
+                how = (
+                    f"DS-CNN ({speech_train.parameter_count(model)} parameters, {args.channels} channels) trained "
+                    f"from scratch, mixup alpha {args.mixup_alpha:g}, fp32"
+                )
             else:
                 try:
                     how = speech_variants.MAKERS[variant](fp32, path, calibration)
                 except speech_variants.NotApplicable as exc:
-                    log(f"{variant}: {exc}")
-                    rows.append({"variant": variant, "status": str(exc)})
+                    log(f"{variant}: not applicable: {exc}")
+                    rows.append({"variant": variant, "status": f"not applicable: {exc}"})
                     continue
             measured, logits = speech_variants.measure(path, test_inputs, work / variant)
             predicted = logits.argmax(axis=1)

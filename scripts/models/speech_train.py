@@ -44,7 +44,8 @@ FRONT_END = bundle_pb2.AudioFrontEnd(
 MAX_SHIFT_SECONDS = 0.100
 SNR_DB_RANGE = (10.0, 30.0)
 SPEED_RANGE = (0.85, 1.15)  # resampling factor: tempo and pitch together, a cheap stand-in for new voices
-MIXUP_ALPHA = 0.0  # Beta(alpha, alpha) weight of mixup between the clips of a batch; 0 (the shipped recipe): off
+MIXUP_ALPHA = 0.3  # Beta(alpha, alpha) weight of mixup between the clips of a batch (0: off)
+CHANNELS = 96  # DS-CNN width: 64 measured 88.2% mean on unseen speakers, 96 with mixup 91.3%
 
 
 def clip_features(clips: Sequence[Clip]) -> np.ndarray:
@@ -102,7 +103,7 @@ class DSCNN(nn.Module):
     """Keyword-spotting DS-CNN: per-utterance normalisation, a strided conv, four depthwise-separable blocks,
     global average pool, linear."""
 
-    def __init__(self, n_classes: int = len(LABELS), channels: int = 64, blocks: int = 4) -> None:
+    def __init__(self, n_classes: int = len(LABELS), channels: int = CHANNELS, blocks: int = 4) -> None:
         super().__init__()
         layers: list[nn.Module] = [
             UtteranceNorm(),
@@ -142,6 +143,7 @@ def train(
     batch_size: int = 64,
     learning_rate: float = 5e-3,
     mixup_alpha: float = MIXUP_ALPHA,
+    channels: int = CHANNELS,
     log=print,
 ) -> DSCNN:
     """Train a DS-CNN on ``clips``: each epoch sees every clip once, half of them augmented afresh.
@@ -151,7 +153,7 @@ def train(
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = DSCNN()
+    model = DSCNN(channels=channels)
     labels = torch.tensor([c.digit for c in clips])
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-3)
     steps = epochs * math.ceil(len(clips) / batch_size)
