@@ -330,3 +330,12 @@ def test_importing_agent_modules_pulls_in_neither_controlplane_nor_onnxruntime()
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2], timeout=60)
+
+
+def test_local_cpu_model_reads_the_file_it_is_given(tmp_path: Path) -> None:
+    from protos.cpuinfo import local_cpu_model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: sse4_2 avx2\n\n")
+    assert local_cpu_model(cpuinfo) == "Example CPU 9000"
+    assert local_cpu_model(tmp_path / "missing")  # falls back to the platform's name, never empty
