@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         "--teacher-epochs", type=int, default=None, help="teacher fine-tuning epochs (default: TeacherConfig's)"
     )
     parser.add_argument(
+        "--teacher-average-last",
+        type=int,
+        default=None,
+        help="average the teacher's weights over its last N epochs (default: TeacherConfig's)",
+    )
+    parser.add_argument(
         "--teacher-out",
         type=Path,
         default=DEFAULT_TEACHER_OUT,
@@ -165,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher_config = TeacherConfig()
         if args.teacher_epochs is not None:
             teacher_config = replace(teacher_config, epochs=args.teacher_epochs)
+        if args.teacher_average_last is not None:
+            teacher_config = replace(teacher_config, average_last=args.teacher_average_last)
 
         def after_epoch(epoch: int, model) -> None:  # the validation curve, for the record (nothing is chosen by it)
             epoch_intents, epoch_tags, _ = predict(model, val_enc)
@@ -357,6 +365,7 @@ def teacher_description(config):
         f"(lr {config.learning_rate:g}, heads {config.head_learning_rate:g}, linear warm-up and decay, batch "
         f"{config.batch_size}); intent from [CLS], "
         + ("slot loss on each word's first sub-word only" if config.first_subword else "slots from every token")
+        + (f"; weights averaged over the last {config.average_last} epochs" if config.average_last > 1 else "")
     )
 
 

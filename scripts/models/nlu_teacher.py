@@ -42,11 +42,12 @@ class TeacherConfig:
     warmup: float = 0.1  # fraction of the steps with a linear warm-up; then linear decay to 0
     first_subword: bool = True  # slot loss only on each word's first sub-word (what decode_bio reads)
     seed: int = 0
+    average_last: int = 0  # > 1: the final weights are the mean of the last N epochs' end weights (0 or 1: the last's)
 
 
 # What a checkpoint saved before a TeacherConfig field existed was trained with (a resume must not
 # take such a checkpoint for one trained with the field's new default).
-LEGACY = {"first_subword": False}
+LEGACY = {"first_subword": False, "average_last": 0}
 
 
 def first_subword_only(utterances: Sequence[Utterance], encoded: Sequence[Encoded]) -> list[Encoded]:
@@ -162,6 +163,23 @@ class Teacher(nn.Module):
         assert set(missing) == {"intent_head.weight", "intent_head.bias", "slot_head.weight", "slot_head.bias"}
 
 
+def accumulate_average(
+    average: dict[str, torch.Tensor] | None, state: dict[str, torch.Tensor], count: int
+) -> dict[str, torch.Tensor]:
+    """The running mean of ``count`` + 1 state dicts: ``average`` (the mean of ``count``) updated with ``state``.
+
+    Floating-point tensors are averaged; any other tensor (e.g. integer position ids) is taken from ``state``.
+    """
+    if average is None or count == 0:
+        return {name: tensor.detach().clone() for name, tensor in state.items()}
+    return {
+        name: average[name] + (tensor.detach() - average[name]) / (count + 1)
+        if tensor.is_floating_point()
+        else tensor.detach().clone()
+        for name, tensor in state.items()
+    }
+
+
 def train_teacher(
     encoded: Sequence[Encoded],
     weights: Path,
@@ -173,6 +191,9 @@ def train_teacher(
     utterances: Sequence[Utterance] | None = None,
 ) -> Teacher:
     """Fine-tune from ``weights``: AdamW, linear warm-up then linear decay, gradients clipped at 1.
+
+    With ``config.average_last`` N > 1 the returned weights are the mean of the weights at the end of
+    each of the last N epochs (checkpoint averaging); ``after_epoch`` still sees each epoch's own.
 
     With ``checkpoint`` the weights are saved there after every epoch, and a run restarted with the same
     config resumes after the last epoch saved. ``after_epoch(epoch, model)`` (e.g. a validation score) is
@@ -200,6 +221,7 @@ def train_teacher(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup)))
     )
     start = 0
+    average, averaged = None, 0  # the running mean of the last ``config.average_last`` epochs' weights
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if {**LEGACY, **vars(state["config"])} == vars(config):
@@ -209,6 +231,7 @@ def train_teacher(
             rng.setstate(state["rng"])
             torch.set_rng_state(state["torch_rng"])
             start = state["epoch"]
+            average, averaged = state.get("average"), state.get("averaged", 0)
             log(f"teacher: resumed from {checkpoint} after epoch {start}")
     for epoch in range(start, config.epochs):
         model.train()
@@ -227,6 +250,8 @@ def train_teacher(
             if step % 50 == 0:
                 log(f"teacher epoch {epoch + 1}/{config.epochs} step {step}/{per_epoch}: loss {loss.item():.4f}")
         log(f"teacher epoch {epoch + 1}/{config.epochs}: loss {total / len(encoded):.4f}")
+        if config.average_last > 1 and epoch + 1 > config.epochs - config.average_last:
+            average, averaged = accumulate_average(average, model.state_dict(), averaged), averaged + 1
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             state = {
@@ -237,9 +262,14 @@ def train_teacher(
                 "schedule": schedule.state_dict(),
                 "rng": rng.getstate(),
                 "torch_rng": torch.get_rng_state(),
+                "average": average,
+                "averaged": averaged,
             }
             torch.save(state, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").replace(checkpoint)
         if after_epoch is not None:
             after_epoch(epoch + 1, model.eval())
+    if average is not None and averaged > 1:
+        model.load_state_dict(average)
+        log(f"teacher: final weights are the mean of the last {averaged} epochs' weights")
     return model.eval()
