@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "--teacher-average-last",
         type=int,
         default=None,
-        help="average the teacher's weights over its last N epochs (default: TeacherConfig's)",
+        help="average the teacher's weights over its last N epochs (default: TeacherConfig's, 3; 0: the last epoch's)",
     )
     parser.add_argument(
         "--teacher-out",

@@ -42,7 +42,7 @@ class TeacherConfig:
     warmup: float = 0.1  # fraction of the steps with a linear warm-up; then linear decay to 0
     first_subword: bool = True  # slot loss only on each word's first sub-word (what decode_bio reads)
     seed: int = 0
-    average_last: int = 0  # > 1: the final weights are the mean of the last N epochs' end weights (0 or 1: the last's)
+    average_last: int = 3  # > 1: the final weights are the mean of the last N epochs' end weights (0 or 1: the last's)
 
 
 # What a checkpoint saved before a TeacherConfig field existed was trained with (a resume must not
