@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--teacher-epochs", type=int, default=None, help="teacher fine-tuning epochs (default: TeacherConfig's)"
     )
+    parser.add_argument("--teacher-seed", type=int, default=None, help="teacher seed (default: TeacherConfig's, 0)")
     parser.add_argument(
         "--teacher-average-last",
         type=int,
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             teacher_config = replace(teacher_config, epochs=args.teacher_epochs)
         if args.teacher_average_last is not None:
             teacher_config = replace(teacher_config, average_last=args.teacher_average_last)
+        if args.teacher_seed is not None:
+            teacher_config = replace(teacher_config, seed=args.teacher_seed)
 
         def after_epoch(epoch: int, model) -> None:  # the validation curve, for the record (nothing is chosen by it)
             epoch_intents, epoch_tags, _ = predict(model, val_enc)
