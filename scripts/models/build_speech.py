@@ -165,20 +165,6 @@ def _loso_rows(clips: Sequence[Clip], values: dict[str, float]) -> list[bundle_p
     ]
 
 
-def leave_one_speaker_out(
-    clips: Sequence[Clip],
-    epochs: int,
-    seed: int,
-    *,
-    threads: int = 1,
-    mixup_alpha: float = speech_train.MIXUP_ALPHA,
-    channels: int = speech_train.CHANNELS,
-) -> list[bundle_pb2.SliceMetric]:
-    """One fold per speaker, trained here one after the other."""
-    speakers = sorted({c.speaker for c in clips})
-    return _loso_rows(clips, {s: _loso_fold(clips, s, epochs, seed, threads, mixup_alpha, channels) for s in speakers})
-
-
 def start_leave_one_speaker_out(
     clips: Sequence[Clip],
     epochs: int,
@@ -189,11 +175,18 @@ def start_leave_one_speaker_out(
     mixup_alpha: float = speech_train.MIXUP_ALPHA,
     channels: int = speech_train.CHANNELS,
 ) -> Callable[[], list[bundle_pb2.SliceMetric]]:
-    """Start the folds in ``jobs`` child processes; the returned call waits for them (same results as in-process)."""
+    """Start the folds in ``jobs`` child processes; the returned call waits for them (same results as in-process).
+
+    With ``jobs`` 0 nothing starts now: the returned call trains the folds in this process, one after the other.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     speakers = sorted({c.speaker for c in clips})
+    if jobs <= 0:
+        return lambda: _loso_rows(
+            clips, {s: _loso_fold(clips, s, epochs, seed, threads, mixup_alpha, channels) for s in speakers}
+        )
     context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
     futures = {s: pool.submit(_loso_fold_in_child, s, epochs, seed, threads, mixup_alpha, channels) for s in speakers}
@@ -240,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train, test = fsdd_official_split(clips)
     log(f"training on {len(train)} clips (takes 5-49), testing on {len(test)} (takes 0-4)")
     pending_loso = None
-    if not args.skip_loso and args.loso_jobs > 0:
+    if not args.skip_loso:  # with --loso-jobs the folds train in child processes while the shipped model trains
         pending_loso = start_leave_one_speaker_out(
             clips,
             args.loso_epochs,
@@ -257,19 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     test_inputs = speech_train.clip_features(test)
     rng = np.random.default_rng(args.seed)
     calibration = speech_train.clip_features([train[i] for i in rng.permutation(len(train))[:CALIBRATION_CLIPS]])
-    if pending_loso is not None:
-        loso = pending_loso()
-    elif args.skip_loso:
-        loso = []
-    else:
-        loso = leave_one_speaker_out(
-            clips,
-            args.loso_epochs,
-            args.seed,
-            threads=args.threads,
-            mixup_alpha=args.mixup_alpha,
-            channels=args.channels,
-        )
+    loso = pending_loso() if pending_loso is not None else []
 
     cpu = cpu_model()
     rows, fp32_accuracy, golden_index = [], None, None
