@@ -25,16 +25,18 @@ Where an output's last dimension is static it must equal the label count; this i
 
 Post-processing:
 - intent: softmax over ``intent_logits``; the answer is the top-1 label and its probability.
-- slots: argmax of ``slot_logits`` per token, then BIO decoding over the tokens in order, skipping
-  special tokens and tokens with an empty character span. Labels are read per word, from the
-  word's first token: a token that continues a word (its span starts where the previous token's
-  ends, with a letter or digit on both sides of that point, e.g. a WordPiece ``##`` piece) has its
-  own tag ignored; it extends the open span when the word's first token is in it, and nothing
-  otherwise, so a span never starts or ends inside a word. For the other tokens: ``B-x`` starts a
-  span of type x; ``I-x`` continues an open span of type x, or starts one when none of type x is
-  open; ``O`` closes the open span. A span runs from its first token's start to its last token's
-  end (character offsets into the original text, end exclusive) and its value is that slice of
-  the text.
+- slots: tags are read per word, from the word's first token, over the tokens in order, skipping
+  special tokens and tokens with an empty character span. A token that continues a word (its span
+  starts where the previous token's ends, with a letter or digit on both sides of that point, e.g.
+  a WordPiece ``##`` piece) has its own tag ignored; it extends the open span when the word's first
+  token is in it, and nothing otherwise, so a span never starts or ends inside a word.
+  The words' tags are the most probable valid BIO sequence (``BioDecoder``): Viterbi over the
+  log-softmax of each word's ``slot_logits``, where ``I-x`` may only follow ``B-x`` or ``I-x`` and
+  cannot open the sequence. Where the per-word argmax is already valid it is that sequence (the
+  common case, no search). Then ``decode_bio``: ``B-x`` starts a span of type x; ``I-x`` continues
+  an open span of type x (or, given tags from elsewhere that break the rule, starts one); ``O``
+  closes the open span. A span runs from its first token's start to its last token's end
+  (character offsets into the original text, end exclusive) and its value is that slice of the text.
 
 Invariants: input is non-empty and at most MAX_TEXT_BYTES of UTF-8; the pipeline never logs or
 puts the text into an error message; a ``TextPipeline`` is immutable after ``load`` and safe to
@@ -96,6 +98,73 @@ def check_text(text: str) -> None:
         raise PipelineInputError(f"text of {size} bytes is over the {MAX_TEXT_BYTES} byte limit")
 
 
+def word_starts(offsets: list[tuple[int, int]], text: str) -> list[int]:
+    """Indices of the tokens that start a word (the others continue one; see the module contract)."""
+    starts = []
+    previous_end = None
+    for index, (start, end) in enumerate(offsets):
+        if not _continues_word(start, previous_end, text):
+            starts.append(index)
+        previous_end = end
+    return starts
+
+
+def _continues_word(start: int, previous_end: int | None, text: str) -> bool:
+    return start == previous_end and 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum()
+
+
+class BioDecoder:
+    """The most probable valid BIO tag sequence from per-position slot scores; pure and immutable.
+
+    Valid: ``I-x`` only right after ``B-x`` or ``I-x``, never first. ``O`` (index 0, checked at load)
+    is allowed everywhere, so a valid sequence always exists.
+    """
+
+    def __init__(self, tags: tuple[str, ...]) -> None:
+        self.tags = tags
+        n = len(tags)
+        allowed = np.ones((n, n), dtype=bool)  # [previous, next]
+        first = np.ones(n, dtype=bool)
+        for j, tag in enumerate(tags):
+            prefix, _, kind = tag.partition("-")
+            if prefix == "I":
+                first[j] = False
+                allowed[:, j] = [t in (f"B-{kind}", f"I-{kind}") for t in tags]
+        self._allowed = allowed
+        self._first = first
+        self._transition = np.where(allowed, 0.0, -np.inf)
+        self._first_score = np.where(first, 0.0, -np.inf)
+
+    def best(self, scores: np.ndarray) -> list[int]:
+        """Tag indices for ``scores`` [positions, tags] (logits): argmax where valid, else Viterbi."""
+        if len(scores) == 0:
+            return []
+        greedy = scores.argmax(axis=-1)
+        if self._first[greedy[0]] and self._allowed[greedy[:-1], greedy[1:]].all():
+            return greedy.tolist()
+        shifted = scores - scores.max(axis=-1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        total = self._first_score + log_p[0]
+        back = np.zeros(log_p.shape, dtype=np.int64)
+        for t in range(1, len(log_p)):
+            candidates = total[:, None] + self._transition
+            back[t] = candidates.argmax(axis=0)
+            total = candidates.max(axis=0) + log_p[t]
+        path = [int(total.argmax())]
+        for t in range(len(log_p) - 1, 0, -1):
+            path.append(int(back[t, path[-1]]))
+        return path[::-1]
+
+    def slots(self, scores: np.ndarray, offsets: list[tuple[int, int]], text: str) -> list[Slot]:
+        """Slots of ``text`` from per-token ``scores`` [tokens, tags] and the tokens' character spans
+        (special and empty tokens already left out)."""
+        starts = word_starts(offsets, text)
+        tags = ["O"] * len(offsets)  # a word's later tokens: their tags are not read
+        for index, tag in zip(starts, self.best(np.asarray(scores)[starts]), strict=True):
+            tags[index] = self.tags[tag]
+        return decode_bio(tags, offsets, text)
+
+
 def decode_bio(tags: list[str], offsets: list[tuple[int, int]], text: str) -> list[Slot]:
     """BIO tags per token (with each token's character span) to slots; pure, see the module contract."""
     slots: list[Slot] = []
@@ -109,9 +178,7 @@ def decode_bio(tags: list[str], offsets: list[tuple[int, int]], text: str) -> li
 
     previous_end = None
     for tag, (start, end) in zip(tags, offsets, strict=True):
-        continues_word = (
-            start == previous_end and 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum()
-        )
+        continues_word = _continues_word(start, previous_end, text)
         previous_end = end
         if continues_word:  # the word's first token decided: extend its span, if it is in one
             if open_span and open_span[2] == start:
@@ -201,6 +268,7 @@ class TextPipeline:
         self.tokenizer = tokenizer
         self.intents = intents
         self.slot_tags = slot_tags
+        self.decoder = BioDecoder(slot_tags)
         self.lowercase = lowercase
         self.recent_latency_ms = float("inf")  # unknown until the first call: assume slow
         self._intent_index = loaded.output_names.index(INTENT_OUTPUT)
@@ -262,8 +330,7 @@ class TextPipeline:
         offsets = encoding.offsets
         special = encoding.special_tokens_mask
         kept = [i for i, (start, end) in enumerate(offsets) if not special[i] and end > start]
-        best = slot_logits[0].argmax(axis=-1)
-        slots = decode_bio([self.slot_tags[best[i]] for i in kept], [offsets[i] for i in kept], text)
+        slots = self.decoder.slots(slot_logits[0][kept], [offsets[i] for i in kept], text)
         latency_ms = (time.perf_counter() - started) * 1000
         self.recent_latency_ms = latency_ms
         return Understanding(self.intents[top], float(probabilities[top]), slots, latency_ms, int(ids.shape[1]))

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m scripts.models.build_speech [--epochs 30] [--loso-epochs 20] [--loso-jobs 2] [--skip-loso]
         [--mixup-alpha 0.3] [--channels 96]
+    .venv/bin/python -m scripts.models.build_speech --variants-only int8-static-qdq,int8-static-qop
 
 Writes ``models/speech-command/fsdd-digits-<variant>/`` (model.onnx, labels.txt,
 manifest.json) for every variant that applies, prints the per-variant table and the
@@ -224,7 +225,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="child processes that train the leave-one-speaker-out folds while the shipped model trains "
         "(0: train the folds afterwards, in this process)",
     )
+    parser.add_argument(
+        "--variants-only",
+        metavar="LIST",
+        help="train nothing: remake these comma-separated variants from the committed fp32 bundle in --out "
+        "(measured beside them as the reference, not rewritten)",
+    )
     args = parser.parse_args(argv)
+    if args.variants_only:
+        wanted = [v.strip() for v in args.variants_only.split(",") if v.strip()]
+        unknown = sorted(set(wanted) - set(speech_variants.MAKERS))
+        if unknown or not wanted:
+            parser.error(f"--variants-only takes some of {', '.join(speech_variants.MAKERS)}; got {unknown or wanted}")
+        return variants_only(args.out, wanted, args.seed)
 
     import torch
 
@@ -247,23 +260,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         train, epochs=args.epochs, seed=args.seed, mixup_alpha=args.mixup_alpha, channels=args.channels, log=log
     )
     log(f"DS-CNN with {speech_train.parameter_count(model)} parameters")
-    test_inputs = speech_train.clip_features(test)
-    rng = np.random.default_rng(args.seed)
-    calibration = speech_train.clip_features([train[i] for i in rng.permutation(len(train))[:CALIBRATION_CLIPS]])
+    calibration = calibration_features(train, args.seed)
     loso = pending_loso() if pending_loso is not None else []
 
+    fp32_how = (
+        f"DS-CNN ({speech_train.parameter_count(model)} parameters, {args.channels} channels) trained "
+        f"from scratch, mixup alpha {args.mixup_alpha:g}, fp32"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = speech_train.export_onnx(model, Path(tmp) / "fp32.onnx")
+        rows = write_variants(args.out, fp32, fp32_how, ("fp32", *speech_variants.MAKERS), test, calibration, loso)
+    print_tables(rows, loso)
+    return 0
+
+
+def variants_only(out: Path, wanted: Sequence[str], seed: int) -> int:
+    """Variants of the committed fp32 bundle (``out/fsdd-digits-fp32``), which is measured as the
+    reference but not rewritten: nothing is trained."""
+    fp32 = out / f"{NAME}-fp32" / MODEL_FILE
+    if not fp32.is_file():
+        raise SystemExit(f"{fp32} is missing: build the fp32 bundle first")
+    train, test = fsdd_official_split(load_fsdd())
+    calibration = calibration_features(train, seed)
+    rows = write_variants(out, fp32, "", ("fp32", *wanted), test, calibration, [], write=set(wanted))
+    print_tables(rows, [])
+    return 0
+
+
+def calibration_features(train: Sequence[Clip], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return speech_train.clip_features([train[i] for i in rng.permutation(len(train))[:CALIBRATION_CLIPS]])
+
+
+def write_variants(
+    out: Path,
+    fp32: Path,
+    fp32_how: str,
+    variants: Sequence[str],
+    test: Sequence[Clip],
+    calibration: np.ndarray,
+    loso: list[bundle_pb2.SliceMetric],
+    write: set[str] | None = None,
+) -> list[dict]:
+    """Make, measure, score and write each of ``variants`` (fp32 first: the reference and the golden
+    clips); ``write`` limits which are written (None: all). Returns the table rows."""
+    test_inputs = speech_train.clip_features(test)
     cpu = cpu_model()
     rows, fp32_accuracy, golden_index = [], None, None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        fp32 = speech_train.export_onnx(model, work / "fp32.onnx")
-        for variant in ("fp32", *speech_variants.MAKERS):
+        for variant in variants:
             path = work / f"{variant}.onnx"
             if variant == "fp32":
-                how = (
-                    f"DS-CNN ({speech_train.parameter_count(model)} parameters, {args.channels} channels) trained "
-                    f"from scratch, mixup alpha {args.mixup_alpha:g}, fp32"
-                )
+                path, how = fp32, fp32_how
             else:
                 try:
                     how = speech_variants.MAKERS[variant](fp32, path, calibration)
@@ -295,20 +344,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             if variant == "fp32" and loso:
                 metrics.overall["loso_mean_accuracy"] = float(np.mean([r.value for r in loso]))
             golden = [(test[i], test_inputs[i : i + 1], logits[i : i + 1]) for i in golden_index]
-            write_bundle(
-                args.out / f"{NAME}-{variant}",
-                variant,
-                path,
-                metrics=metrics,
-                golden=golden,
-                description=f"Spoken digits 0-9 (FSDD), log-mel 40x100 at 8 kHz. {how}",
-                source_model="scripts/models/build_speech.py" + ("" if variant == "fp32" else f" from {NAME}-fp32"),
-            )
+            if write is None or variant in write:
+                write_bundle(
+                    out / f"{NAME}-{variant}",
+                    variant,
+                    path,
+                    metrics=metrics,
+                    golden=golden,
+                    description=f"Spoken digits 0-9 (FSDD), log-mel 40x100 at 8 kHz. {how}",
+                    source_model="scripts/models/build_speech.py" + ("" if variant == "fp32" else f" from {NAME}-fp32"),
+                )
             rows.append({"variant": variant, "status": status, "accuracy": accuracy, "max_slice_gap": gap,
                          "size_bytes": size, **measured,
                          "slices": {f"{s.slice_kind}:{s.slice}": s.value for s in slices}})  # fmt: skip
             log(f"{variant}: accuracy {accuracy:.4f}, {size} bytes, p50 {measured['latency_p50_ms']:.3f} ms")
 
+    return rows
+
+
+def print_tables(rows: list[dict], loso: list[bundle_pb2.SliceMetric]) -> None:
+    cpu = cpu_model()
     print(f"CPU: {cpu}, 1 thread; eval set: {EVAL_SET}")
     columns = ("variant", "accuracy", "max slice gap", "size (bytes)", "load (ms)", "peak RSS (MiB)", "p50 (ms)")
     print("| " + " | ".join((*columns, "p95 (ms)", "status")) + " |")
@@ -329,7 +384,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in loso:
             print(f"| {r.slice} | {100 * r.value:.1f}% |")
         print(f"| mean | {100 * np.mean([r.value for r in loso]):.1f}% |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ token of a span is ``B-<slot>``, the rest ``I-<slot>``. Special tokens and token
 empty character span get IGNORE, so training loss skips them and the pipeline never decodes them.
 
 Slot F1 is exact span match (start, end, slot type), micro-averaged, with the predicted spans
-decoded by the pipeline's own ``decode_bio``.
+decoded from the slot logits by the pipeline's own ``BioDecoder`` (the best valid BIO sequence).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.pipelines.text import _lowercase_keeping_offsets, decode_bio
+from agent.pipelines.text import BioDecoder, _lowercase_keeping_offsets
 from scripts.models.data import SNIPS_INTENTS, Utterance, bio_tags
 
 IGNORE = -100
 MAX_SEQUENCE_LENGTH = 64
 TAGS = bio_tags()
 TAG_INDEX = {tag: i for i, tag in enumerate(TAGS)}
+DECODER = BioDecoder(TAGS)
 INTENT_INDEX = {intent: i for i, intent in enumerate(SNIPS_INTENTS)}
 
 
@@ -123,9 +124,10 @@ def substitute_slot_values(
     return out
 
 
-def predicted_spans(tag_ids: Sequence[int], encoded: Encoded, text: str) -> set[tuple[int, int, str]]:
+def predicted_spans(slot_scores: np.ndarray, encoded: Encoded, text: str) -> set[tuple[int, int, str]]:
+    """Spans decoded as the pipeline decodes them, from one utterance's slot logits [tokens, tags]."""
     kept = [i for i, ok in enumerate(encoded.decodable) if ok]
-    slots = decode_bio([TAGS[tag_ids[i]] for i in kept], [encoded.offsets[i] for i in kept], text)
+    slots = DECODER.slots(np.asarray(slot_scores)[kept], [encoded.offsets[i] for i in kept], text)
     return {(s.start, s.end, s.slot) for s in slots}
 
 
@@ -143,7 +145,7 @@ class Scores:
 
 
 def score(
-    utterances: Sequence[Utterance], encoded: Sequence[Encoded], intents: np.ndarray, tag_ids: Sequence[Sequence[int]]
+    utterances: Sequence[Utterance], encoded: Sequence[Encoded], intents: np.ndarray, slot_scores: Sequence[np.ndarray]
 ) -> Scores:
     """Intent accuracy and exact-span slot F1 (micro and per slot type) of predictions."""
     hits: Counter[str] = Counter()
@@ -151,11 +153,11 @@ def score(
     tp: Counter[str] = Counter()
     n_pred: Counter[str] = Counter()
     n_gold: Counter[str] = Counter()
-    for utterance, enc, intent, tags in zip(utterances, encoded, intents, tag_ids, strict=True):
+    for utterance, enc, intent, scores in zip(utterances, encoded, intents, slot_scores, strict=True):
         totals[utterance.intent] += 1
         hits[utterance.intent] += int(intent) == enc.intent
         gold = set(trimmed_spans(utterance))
-        pred = predicted_spans(tags, enc, utterance.text)
+        pred = predicted_spans(scores, enc, utterance.text)
         for _, _, slot in gold:
             n_gold[slot] += 1
         for span in pred:

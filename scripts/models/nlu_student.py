@@ -191,16 +191,14 @@ def distillation_loss(intent_logits, slot_logits, tags, soft) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, encoded: Sequence[Encoded], batch_size: int = 128):
-    """(intent ids [n], tag ids per utterance, (intent logits, slot logits) per utterance)."""
+    """(intent ids [n], slot logits [tokens, tags] per utterance, (intent logits, slot logits) per utterance)."""
     model.eval()
     intents = np.zeros(len(encoded), dtype=np.int64)
-    tag_ids: list[list[int]] = [[] for _ in encoded]
     logits: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(encoded)
     for ids, mask, _, _, chunk in batches(encoded, batch_size, None):
         intent_logits, slot_logits = model(ids, mask)
         for row, i in enumerate(chunk):
             n = ids.shape[1]
             intents[i] = int(intent_logits[row].argmax())
-            tag_ids[i] = slot_logits[row, :n].argmax(-1).tolist()
             logits[i] = (intent_logits[row].numpy().copy(), slot_logits[row, :n].numpy().copy())
-    return intents, tag_ids, logits
+    return intents, [slots for _, slots in logits], logits

@@ -5,7 +5,7 @@ student's fp32 ONNX file into fp32, fp16, int8-dynamic, int8-static-qdq, int8-st
 int4-weight. The static variants calibrate on real SNIPS training utterances fed exactly as the
 agent feeds them: the unpadded token ids of one utterance per run (``RaggedSamples``; the .npz
 convention of ``models build`` would need them padded). Each variant is then scored by the
-caller (intent accuracy, slot F1 through ``decode_bio``, per-intent slices) and compared with
+caller (intent accuracy, slot F1 through the pipeline's ``BioDecoder``, per-intent slices) and compared with
 fp32: one whose intent accuracy or slot F1 is more than ``MAX_ACCURACY_DROP`` below fp32's is
 ``accuracy-drop``. A variant ends in one status, as in ``models build``: ``ok``,
 ``not-applicable``, ``failed`` (the tool or onnxruntime refused it) or ``accuracy-drop``; only

@@ -4,6 +4,7 @@ with a real tokenizer and a real onnxruntime model; the Understand RPC serves th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 
 import grpc
@@ -18,7 +19,7 @@ from tokenizers.processors import TemplateProcessing
 
 from agent.local_api import LocalInferenceService, socket_path, start_local_api
 from agent.pipelines import BundleContractError, PipelineInputError
-from agent.pipelines.text import MAX_TEXT_BYTES, Slot, TextPipeline, TextPipelines, decode_bio
+from agent.pipelines.text import MAX_TEXT_BYTES, BioDecoder, Slot, TextPipeline, TextPipelines, decode_bio
 from agent.serving import Serving
 from protos.edgefleet.v1 import bundle_pb2, common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -163,6 +164,69 @@ def test_bio_decoding_reads_each_word_from_its_first_word_piece():
     assert decode_bio(["O", "B-genre", "B-room", "O", "O"], offsets, text) == [Slot("genre", "jazzy", 5, 10)]
     # Punctuation is a word of its own, even with no space before it.
     assert decode_bio(["O", "O", "O", "B-genre", "I-genre"], offsets, text) == [Slot("genre", "pop.", 11, 15)]
+
+
+def _scores(*rows: dict[str, float]) -> np.ndarray:
+    """Logits per word: the named tags get their value, every other tag -5."""
+    out = np.full((len(rows), len(SLOTS)), -5.0)
+    for i, row in enumerate(rows):
+        for tag, value in row.items():
+            out[i, SLOTS.index(tag)] = value
+    return out
+
+
+def test_bio_decoder_keeps_a_valid_argmax_and_mends_an_invalid_one_by_probability():
+    decoder = BioDecoder(tuple(SLOTS))
+    valid = _scores({"O": 2}, {"B-genre": 3}, {"I-genre": 1}, {"B-room": 2})
+    assert decoder.best(valid) == [0, 1, 2, 3]
+    # "I-genre" after "O": the cheaper repair wins. Here the second word's B-genre is close behind.
+    orphan = _scores({"O": 3, "B-genre": 0}, {"I-genre": 2, "B-genre": 1.9})
+    assert [SLOTS[i] for i in decoder.best(orphan)] == ["O", "B-genre"]
+    # Here the first word is nearly a B-genre and the second is sure it is inside a genre.
+    pulled = _scores({"O": 1, "B-genre": 0.9}, {"I-genre": 6})
+    assert [SLOTS[i] for i in decoder.best(pulled)] == ["B-genre", "I-genre"]
+    # Never an inside tag first, and never one of another type after a span.
+    assert [SLOTS[i] for i in decoder.best(_scores({"I-room": 4, "O": 1}))] == ["O"]
+    assert [SLOTS[i] for i in decoder.best(_scores({"B-genre": 3}, {"I-room": 3, "I-genre": 2.5}))] == [
+        "B-genre",
+        "I-genre",
+    ]
+    assert decoder.best(np.zeros((0, len(SLOTS)))) == []
+
+
+def test_bio_decoder_finds_the_most_probable_valid_sequence():
+    """Against brute force over every valid sequence, on random logits."""
+    decoder = BioDecoder(tuple(SLOTS))
+
+    def valid(sequence) -> bool:
+        previous = "O"
+        for tag in sequence:
+            if tag.startswith("I-") and previous not in (f"B-{tag[2:]}", tag):
+                return False
+            previous = tag
+        return True
+
+    rng = np.random.default_rng(7)
+    repaired = 0
+    for _ in range(200):
+        scores = rng.normal(scale=2.0, size=(int(rng.integers(1, 5)), len(SLOTS)))
+        log_p = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+        best = max(
+            (seq for seq in itertools.product(range(len(SLOTS)), repeat=len(scores)) if valid([SLOTS[i] for i in seq])),
+            key=lambda seq: sum(log_p[t, i] for t, i in enumerate(seq)),
+        )
+        assert decoder.best(scores) == list(best)
+        repaired += list(best) != scores.argmax(axis=1).tolist()
+    assert repaired > 20  # the random cases did exercise the search, not only the valid-argmax path
+
+
+def test_bio_decoder_reads_words_from_their_first_piece_only():
+    decoder = BioDecoder(tuple(SLOTS))
+    text = "play jazzy pop"  # pieces: play | jazz | ##y | pop
+    offsets = [(0, 4), (5, 9), (9, 10), (11, 14)]
+    # The "##y" piece's strong I-room is not read; "pop" continues the genre.
+    scores = _scores({"O": 3}, {"B-genre": 3}, {"I-room": 9}, {"I-genre": 3})
+    assert decoder.slots(scores, offsets, text) == [Slot("genre", "jazzy pop", 5, 14)]
 
 
 @pytest.mark.parametrize(
