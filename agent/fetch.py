@@ -58,6 +58,14 @@ def _flush_and_sync(out) -> None:
     os.fsync(out.fileno())
 
 
+def _write_and_hash(out, digest, data: bytes) -> None:
+    """Append ``data`` to the unbuffered file ``out`` (all of it) and add it to ``digest``."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) :]
+    digest.update(data)
+
+
 def _sha256_prefix(path: Path) -> hashlib._Hash:
     digest = hashlib.sha256()
     with path.open("rb") as file:
@@ -99,15 +107,17 @@ async def fetch_blob(
             agent_pb2.FetchArtifactRequest(sha256=sha256, offset=offset, chunk_bytes=policy.chunk_bytes)
         )
         chunks = call.__aiter__()
-        # While the next chunk arrives, the previous one is written (one thread) and hashed (another);
-        # each keeps its order because a new chunk waits for the previous write and hash.
+        # While the next chunk arrives, the previous one is written and hashed in a worker thread
+        # (one call: write, then hash, both without the GIL); a new chunk waits for it, so order holds.
+        loop = asyncio.get_running_loop()
         writing: asyncio.Future | None = None
         try:
-            with part.open("ab") as out:
+            with part.open("ab", buffering=0) as out:
                 try:
                     while True:
                         try:
-                            chunk = await asyncio.wait_for(anext(chunks), timeout=policy.stall_seconds)
+                            async with asyncio.timeout(policy.stall_seconds):
+                                chunk = await anext(chunks)
                         except StopAsyncIteration:
                             break
                         except TimeoutError as exc:
@@ -117,20 +127,19 @@ async def fetch_blob(
                             ) from exc
                         if chunk.offset != offset:
                             raise FetchError(f"server sent offset {chunk.offset}, expected {offset}", retryable=True)
-                        if offset + len(chunk.data) > size:
+                        data = chunk.data  # each access of a bytes field copies it: once
+                        del chunk
+                        if offset + len(data) > size:
                             raise FetchError(
                                 f"server sent more than the manifest's {size} bytes for {sha256[:12]}: refused",
                                 retryable=False,
                             )
-                        data = chunk.data
                         if writing is not None:
-                            await writing
-                        # Off the loop: the next chunk arrives while this one is written and hashed.
-                        writing = asyncio.gather(
-                            asyncio.to_thread(out.write, data), asyncio.to_thread(digest.update, data)
-                        )
+                            await asyncio.shield(writing)  # cancelled, the finally below still waits for it
+                        writing = loop.run_in_executor(None, _write_and_hash, out, digest, data)
                         offset += len(data)
                         received += len(data)
+                        del data
                         if progress is not None:
                             progress(offset)
                         elapsed = time.monotonic() - started
@@ -144,7 +153,7 @@ async def fetch_blob(
                                 retryable=True,
                             )
                     if writing is not None:
-                        await writing
+                        await asyncio.shield(writing)
                         writing = None
                 finally:  # never close the file under a write still running
                     if writing is not None:

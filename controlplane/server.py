@@ -45,7 +45,7 @@ from controlplane.presence import Presence
 from controlplane.services.admin import AdminService
 from controlplane.services.context import Services, utcnow
 from controlplane.services.enrollment import EnrollmentService
-from controlplane.services.gateway import GatewayService
+from controlplane.services.gateway import GatewayService, add_gateway_to_server
 from controlplane.services.rollouts import RolloutService
 from controlplane.store import Store
 from protos.edgefleet.v1 import admin_pb2, agent_pb2, enrollment_pb2
@@ -202,13 +202,13 @@ async def start(config: ServerConfig) -> RunningServer:
         blobs=blobs,
     )
     enrollment_pb2.DESCRIPTOR  # noqa: B018 - descriptors must be loaded for reflection
-    from protos.edgefleet.v1 import admin_pb2_grpc, agent_pb2_grpc, enrollment_pb2_grpc
+    from protos.edgefleet.v1 import admin_pb2_grpc, enrollment_pb2_grpc
 
     api_health, device_health = health.aio.HealthServicer(), health.aio.HealthServicer()
     rollouts = RolloutService(services)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(services, rollouts), api_server)
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(services), api_server)
-    agent_pb2_grpc.add_AgentGatewayServicer_to_server(GatewayService(services), device_server)
+    add_gateway_to_server(GatewayService(services), device_server)
     health_pb2_grpc.add_HealthServicer_to_server(api_health, api_server)
     health_pb2_grpc.add_HealthServicer_to_server(device_health, device_server)
     api_services = [

@@ -125,24 +125,37 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
         rate = s.config.artifact_bytes_per_second
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # Each chunk is read and encoded in a worker thread while the previous one is written:
+        # the event loop only hands finished wire bytes to gRPC (see encode_artifact_chunk).
+        pending = asyncio.ensure_future(s.db(_read_chunk, handle, offset, chunk_bytes, size)) if offset < size else None
         try:
-            while offset < size:
-                data = await s.db(handle.read, min(chunk_bytes, size - offset))
-                if not data:
+            while pending is not None:
+                wire, length = await asyncio.shield(pending)  # a cancelled call leaves the read to finish
+                pending = None
+                if not length:
                     break
+                if offset + length < size:
+                    pending = asyncio.ensure_future(s.db(_read_chunk, handle, offset + length, chunk_bytes, size))
                 try:
-                    await context.write(agent_pb2.ArtifactChunk(offset=offset, data=data, total_bytes=size))
+                    await context.write(wire)
                 except Exception as exc:  # noqa: BLE001 - grpc raises several internal types for a gone peer
                     # The device went away (cut link, cancelled fetch): it resumes from its offset.
                     log.debug("artifact stream to %s ended at %d: %r", device.device_id, offset, exc)
                     return
-                offset += len(data)
+                del wire
+                offset += length
                 if rate:  # keep this stream at or under the configured bandwidth
                     ahead = (offset - request.offset) / rate - (loop.time() - started)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
         finally:
-            handle.close()
+            if pending is not None and not pending.done():
+                # Never close the file under a read still running in its thread.
+                pending.add_done_callback(lambda f: (f.cancelled() or f.exception(), handle.close()))
+            else:
+                if pending is not None and not pending.cancelled():
+                    pending.exception()  # retrieved: a failed read-ahead nobody waits for is not an error
+                handle.close()
 
     async def _write(self, context, handle: SessionHandle, reader: asyncio.Task) -> None:
         """Send queued control messages until the reader ends or the session is closed."""
@@ -285,3 +298,67 @@ async def _telemetry(s: Services, device_id: str, batch, handle: SessionHandle) 
         return
     # Waits while the outbox is full: a device that sends faster than it reads acks is slowed down.
     await handle.outbox.put(agent_pb2.ControlMessage(telemetry_ack=ack))
+
+
+# --- FetchArtifact's wire format, built by hand ---
+#
+# A chunk is 1 MiB: building an ArtifactChunk copies the data into the message, serialising copies
+# it again, and both ran on the event loop. Instead the handler writes the chunk's wire bytes, built
+# in one join (a copy that releases the GIL) in the worker thread that read them, and FetchArtifact
+# is registered with no response serializer (``add_gateway_to_server``). The bytes are exactly
+# ``ArtifactChunk(offset=..., data=..., total_bytes=...).SerializeToString()`` (tests/unit/test_artifact_wire.py).
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_OFFSET_TAG = b"\x08"  # field 1, varint
+_DATA_TAG = b"\x12"  # field 2, length-delimited
+_TOTAL_TAG = b"\x18"  # field 3, varint
+
+
+def encode_artifact_chunk(offset: int, data: bytes, total_bytes: int) -> bytes:
+    """The wire bytes of ``ArtifactChunk(offset, data, total_bytes)``, fields in number order, zeros omitted."""
+    head = (_OFFSET_TAG + _varint(offset) if offset else b"") + (_DATA_TAG + _varint(len(data)) if data else b"")
+    tail = _TOTAL_TAG + _varint(total_bytes) if total_bytes else b""
+    return b"".join((head, data, tail))
+
+
+def _read_chunk(handle, offset: int, chunk_bytes: int, size: int) -> tuple[bytes, int]:
+    """Read the next chunk of ``handle`` (positioned at ``offset``) in a worker thread: (wire bytes, data length)."""
+    data = handle.read(min(chunk_bytes, size - offset))
+    return encode_artifact_chunk(offset, data, size), len(data)
+
+
+class _Captured:
+    """Stands in for a server to catch the method handlers a generated ``add_*_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass  # the same handlers arrive below, by name
+
+    def add_registered_method_handlers(self, service_name: str, handlers) -> None:
+        self.handlers[service_name] = dict(handlers)
+
+
+def add_gateway_to_server(servicer: GatewayService, server: grpc.aio.Server) -> None:
+    """Register the AgentGateway service: the generated handlers, but FetchArtifact sends ready wire bytes."""
+    captured = _Captured()
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(servicer, captured)
+    if not captured.handlers:  # generated code of another grpcio-tools registers differently
+        raise RuntimeError("the generated AgentGateway registration changed: FetchArtifact cannot be registered")
+    for service_name, handlers in captured.handlers.items():
+        fetch = handlers["FetchArtifact"]
+        handlers["FetchArtifact"] = grpc.unary_stream_rpc_method_handler(
+            servicer.FetchArtifact, request_deserializer=fetch.request_deserializer, response_serializer=None
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
+        server.add_registered_method_handlers(service_name, handlers)
