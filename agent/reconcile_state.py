@@ -31,6 +31,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.errors import AgentError
 from protos.edgefleet.v1 import agent_pb2, common_pb2
+from protos.strict_json import FieldReader, reject_constant
 
 SCHEMA = 1
 MAX_STATE_BYTES = 1024 * 1024
@@ -311,7 +312,7 @@ def from_json(text: str | bytes) -> ReconcileState:
     if len(text) > MAX_STATE_BYTES:
         raise StateFileError(f"state file is {len(text)} bytes (at most {MAX_STATE_BYTES})")
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=reject_constant)
     except (ValueError, RecursionError) as exc:
         raise StateFileError(f"state file is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -319,7 +320,7 @@ def from_json(text: str | bytes) -> ReconcileState:
     schema = data.get("schema")
     if schema != SCHEMA:
         raise StateFileError(f"state file schema {schema!r} is not supported (this agent reads schema {SCHEMA})")
-    r = _Reader(data, "state")
+    r = FieldReader(data, "state", error=StateFileError)
     r.keys(
         "schema phase generation targets current slots failure_reason deadline retry_at download_attempts "
         "restarts last_ticket awaiting deferred"
@@ -351,10 +352,6 @@ def from_json(text: str | bytes) -> ReconcileState:
         raise StateFileError(f"state file is inconsistent: {exc}") from exc
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number")
-
-
 def _ref_dict(ref: BuildRef | None) -> dict[str, Any] | None:
     if ref is None:
         return None
@@ -366,42 +363,16 @@ def _target_dict(target: Target) -> dict[str, Any]:
     return {"task": target.task, **ref, "max_bytes": target.max_bytes, "rollback": target.rollback}
 
 
-class _Reader:
-    """Typed field access on one JSON object; every error names the field's path."""
-
-    def __init__(self, data: object, where: str) -> None:
-        if not isinstance(data, dict):
-            raise StateFileError(f"{where}: expected an object, got {type(data).__name__}")
-        self.data, self.where = data, where
-
-    def keys(self, names: str) -> None:
-        expected = set(names.split())
-        if unknown := sorted(set(self.data) - expected):
-            raise StateFileError(f"{self.where}: unknown field {unknown[0]!r}")
-        if missing := sorted(expected - set(self.data)):
-            raise StateFileError(f"{self.where}: missing field {missing[0]!r}")
-
-    def get(self, key: str, kind: type, *, optional: bool = False) -> Any:
-        value = self.data[key]
-        if value is None and optional:
-            return None
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
-            raise StateFileError(f"{self.where}.{key}: expected {kind.__name__}, got {value!r}")
-        return value
-
-
 def _build_ref(data: object, where: str) -> BuildRef | None:
     if data is None:
         return None
-    r = _Reader(data, where)
+    r = FieldReader(data, where, error=StateFileError)
     r.keys("name version variant manifest_sha256")
     return BuildRef(r.get("name", str), r.get("version", int), r.get("variant", str), r.get("manifest_sha256", str))
 
 
 def _target(data: object, where: str) -> Target:
-    r = _Reader(data, where)
+    r = FieldReader(data, where, error=StateFileError)
     r.keys("task name version variant manifest_sha256 max_bytes rollback")
     try:
         return Target(
@@ -416,7 +387,7 @@ def _target(data: object, where: str) -> Target:
 
 
 def _slot(data: object, where: str) -> Slot:
-    r = _Reader(data, where)
+    r = FieldReader(data, where, error=StateFileError)
     r.keys("task active previous activated_at")
     return Slot(
         r.get("task", str),
@@ -427,7 +398,7 @@ def _slot(data: object, where: str) -> Slot:
 
 
 def _desired(data: object, where: str) -> Desired:
-    r = _Reader(data, where)
+    r = FieldReader(data, where, error=StateFileError)
     r.keys("generation targets")
     targets = tuple(_target(item, f"{where}.targets[{i}]") for i, item in enumerate(r.get("targets", list)))
     try:

@@ -25,11 +25,11 @@ Invariants:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 from controlplane.gates import Thresholds
 from controlplane.rollout import Build, Decision, DeviceRecord, DeviceStatus, Phase, RolloutSpec, RolloutState
+from protos.strict_json import FieldError, FieldReader, reject_constant
 
 __all__ = ["MAX_STATE_BYTES", "SCHEMA", "from_json", "to_json"]
 
@@ -93,14 +93,14 @@ def from_json(text: str | bytes) -> RolloutState:
     if len(text) > MAX_STATE_BYTES:
         raise ValueError(f"rollout state is {len(text)} bytes (at most {MAX_STATE_BYTES})")
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=reject_constant)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"rollout state is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError("rollout state must be a JSON object")
     if data.get("schema") != SCHEMA:
         raise ValueError(f"rollout state schema {data.get('schema')!r} is not supported (this reads {SCHEMA})")
-    r = _Reader(data, "state")
+    r = FieldReader(data, "state")
     r.keys(
         "schema spec phase wave devices decisions paused_reason reason updated_at phase_deadline bake_started_at "
         "measure_at measuring"
@@ -125,7 +125,7 @@ def from_json(text: str | bytes) -> RolloutState:
             measure_at=r.get("measure_at", float, optional=True),
             measuring=r.get("measuring", bool),
         )
-    except _FieldError:
+    except FieldError:
         raise
     except ValueError as exc:
         raise ValueError(f"rollout state is inconsistent: {exc}") from exc
@@ -137,75 +137,32 @@ _OPTIONAL_THRESHOLDS = frozenset(
 )
 
 
-class _FieldError(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number")
-
-
 def _build_dict(build: Build | None) -> dict[str, Any] | None:
     if build is None:
         return None
     return {"name": build.name, "version": build.version, "variant": build.variant, "sha256": build.manifest_sha256}
 
 
-class _Reader:
-    """Typed field access on one JSON object; every error names the field's path."""
-
-    def __init__(self, data: object, where: str) -> None:
-        if not isinstance(data, dict):
-            raise _FieldError(f"{where}: expected an object, got {type(data).__name__}")
-        self.data, self.where = data, where
-
-    def keys(self, names: str | Iterable[str]) -> None:
-        expected = set(names.split() if isinstance(names, str) else names)
-        if unknown := sorted(set(self.data) - expected):
-            raise _FieldError(f"{self.where}: unknown field {unknown[0]!r}")
-        if missing := sorted(expected - set(self.data)):
-            raise _FieldError(f"{self.where}: missing field {missing[0]!r}")
-
-    def get(self, key: str, kind: type, *, optional: bool = False) -> Any:
-        value = self.data[key]
-        if value is None and optional:
-            return None
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
-            raise _FieldError(f"{self.where}.{key}: expected {kind.__name__}, got {value!r}")
-        return value
-
-    def nested(self, key: str, build: Any) -> Any:
-        """``build(value, path)``, turning its ValueError into one that names the path."""
-        try:
-            return build(self.data[key], f"{self.where}.{key}")
-        except _FieldError:
-            raise
-        except ValueError as exc:
-            raise _FieldError(f"{self.where}.{key}: {exc}") from exc
-
-
 def _build(data: object, where: str) -> Build | None:
     if data is None:
         return None
-    r = _Reader(data, where)
+    r = FieldReader(data, where)
     r.keys("name version variant sha256")
     try:
         return Build(r.get("name", str), r.get("version", int), r.get("variant", str), r.get("sha256", str))
-    except _FieldError:
+    except FieldError:
         raise
     except ValueError as exc:
-        raise _FieldError(f"{where}: {exc}") from exc
+        raise FieldError(f"{where}: {exc}") from exc
 
 
 def _spec(data: object, where: str) -> RolloutSpec:
-    r = _Reader(data, where)
+    r = FieldReader(data, where)
     r.keys(
         "rollout_id fleet model version waves bake_seconds max_parallel step_timeout_seconds thresholds "
         "remeasure_seconds gate_timeout_seconds pause_timeout_seconds rollback_timeout_seconds"
     )
-    t = _Reader(r.get("thresholds", dict), f"{where}.thresholds")
+    t = FieldReader(r.get("thresholds", dict), f"{where}.thresholds")
     t.keys(_THRESHOLD_FIELDS)
     thresholds: dict[str, Any] = {}
     for name in _THRESHOLD_FIELDS:
@@ -229,18 +186,18 @@ def _spec(data: object, where: str) -> RolloutSpec:
             pause_timeout_seconds=r.get("pause_timeout_seconds", float),
             rollback_timeout_seconds=r.get("rollback_timeout_seconds", float),
         )
-    except _FieldError:
+    except FieldError:
         raise
     except ValueError as exc:
-        raise _FieldError(f"{where}: {exc}") from exc
+        raise FieldError(f"{where}: {exc}") from exc
 
 
 def _device(data: object, where: str) -> DeviceRecord:
-    r = _Reader(data, where)
+    r = FieldReader(data, where)
     r.keys("device_id device_class wave previous target status since reason")
     status = r.get("status", str)
     if status not in DeviceStatus._value2member_map_:
-        raise _FieldError(f"{where}.status: unknown status {status!r}")
+        raise FieldError(f"{where}.status: unknown status {status!r}")
     try:
         return DeviceRecord(
             device_id=r.get("device_id", str),
@@ -252,17 +209,17 @@ def _device(data: object, where: str) -> DeviceRecord:
             since=r.get("since", float),
             reason=r.get("reason", str),
         )
-    except _FieldError:
+    except FieldError:
         raise
     except ValueError as exc:
-        raise _FieldError(f"{where}: {exc}") from exc
+        raise FieldError(f"{where}: {exc}") from exc
 
 
 def _decision(data: object, where: str) -> Decision:
-    r = _Reader(data, where)
+    r = FieldReader(data, where)
     r.keys("at wave verdict reasons numbers")
     reasons = r.get("reasons", list)
-    numbers = _Reader(r.get("numbers", dict), f"{where}.numbers")
+    numbers = FieldReader(r.get("numbers", dict), f"{where}.numbers")
     try:
         return Decision(
             at=r.get("at", float),
@@ -271,7 +228,7 @@ def _decision(data: object, where: str) -> Decision:
             reasons=tuple(reasons),
             numbers={key: numbers.get(key, float) for key in numbers.data},
         )
-    except _FieldError:
+    except FieldError:
         raise
     except ValueError as exc:
-        raise _FieldError(f"{where}: {exc}") from exc
+        raise FieldError(f"{where}: {exc}") from exc
