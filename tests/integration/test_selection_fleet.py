@@ -7,7 +7,8 @@ needs the avx512_vnni CPU feature). The classes differ in what they may run and 
 - edge-big (2 devices): generous latency budget, most accurate  -> fp32
 - edge-small (1 device, simulated CPU without avx512_vnni, 1 thread): 5 ms budget, most accurate
   -> fp32 is measured over the budget, qop cannot run there           -> int8-dynamic
-- edge-vnni (1 device, 1 thread): 5 ms budget, smallest              -> int8-static-qop
+- edge-vnni (1 device, simulated CPU with avx512_vnni, 1 thread): 5 ms budget, smallest
+  -> int8-static-qop
 
 The choices come from the benchmark jobs the devices ran; `models explain` shows the numbers; a
 deployment without a variant gives each device its class's choice; raising edge-small's budget
@@ -56,6 +57,8 @@ classes:
       benchmark_sample_size: 2
 """
 OLD_X86 = json.dumps({"cpu_flags": ["avx", "avx2", "f16c", "fma", "sse4_2"]})
+# Simulated too, so that the test does not depend on the machine it runs on having avx512_vnni.
+VNNI_X86 = json.dumps({"cpu_flags": ["avx", "avx2", "avx512_vnni", "avx512f", "f16c", "fma", "sse4_2"]})
 EXPECTED = {"big-1": "fp32", "big-2": "fp32", "small-1": "int8-dynamic", "vnni-1": "int8-static-qop"}
 
 
@@ -123,7 +126,7 @@ def test_three_classes_get_different_variants_justified_by_benchmarks(cp, agents
         "big-1": ("--labels", "tier=big"),
         "big-2": ("--labels", "tier=big"),
         "small-1": ("--labels", "tier=small", "--simulate-facts", OLD_X86, "--onnx-threads", "1"),
-        "vnni-1": ("--labels", "tier=vnni", "--onnx-threads", "1"),
+        "vnni-1": ("--labels", "tier=vnni", "--simulate-facts", VNNI_X86, "--onnx-threads", "1"),
     }
     for device_id, args in fleet.items():
         agents(device_id, *args, "--trust", f"{key}.pub", join=cp.join_string(), device_id=device_id)
