@@ -1,5 +1,5 @@
 """What the fleet benchmarks share: the control plane process, stopping processes, /proc readers, a
-percentile, the worker-process pool and its pipes.
+percentile, the worker processes (their entry point, the pool and its pipes), progress and result output.
 
 Imported by the benchmarks in this directory (run as scripts, so this directory is on ``sys.path``,
 also in their spawned worker processes).
@@ -7,7 +7,9 @@ also in their spawned worker processes).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -16,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,19 +185,87 @@ class WarningCounter(logging.Handler):
 
 # --- worker processes --------------------------------------------------------------
 
+WorkerCoroutine = Callable[..., Coroutine[object, object, None]]
+"""What a worker process runs: ``work(spec, conn, inbox, counter)``, the benchmark's side of the pipe."""
+
+
+def worker_entry(
+    work: WorkerCoroutine, spec, conn: multiprocessing.connection.Connection, warning_chars: int | None
+) -> None:
+    """Entry point of a worker process (spawned, so grpc state is never forked): runs ``work(spec, conn,
+    inbox, counter)`` on its own event loop. ``inbox`` is an asyncio.Queue of the parent's messages, filled
+    as they arrive on `conn`; warnings and above are counted by ``counter`` (a WarningCounter that cuts its
+    samples to `warning_chars`) instead of printed.
+
+    A failure is sent to the parent as ``("error", spec.index, "Type: message")`` before it is raised
+    again, so the parent fails with a reason instead of a timeout.
+    """
+    counter = WarningCounter(warning_chars)
+    logging.basicConfig(level=logging.WARNING, handlers=[counter])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
+    try:
+        asyncio.run(_with_inbox(work, spec, conn, counter))
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", spec.index, f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+async def _with_inbox(
+    work: WorkerCoroutine, spec, conn: multiprocessing.connection.Connection, counter: WarningCounter
+) -> None:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    try:
+        await work(spec, conn, inbox, counter)
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+async def answer_snapshots(
+    conn: multiprocessing.connection.Connection, inbox: asyncio.Queue, index: int, snapshot: Callable[[], dict]
+) -> None:
+    """In a worker: answer each ``("snapshot",)`` with ``("snapshot", index, snapshot())`` until ``("stop",)``."""
+    while True:
+        command = await inbox.get()
+        if command[0] == "snapshot":
+            conn.send(("snapshot", index, snapshot()))
+        elif command[0] == "stop":
+            return
+
+
+async def wait_or_cancel(
+    tasks: Collection[asyncio.Task], timeout_seconds: float = STOP_TIMEOUT_SECONDS
+) -> set[asyncio.Task]:
+    """Wait up to `timeout_seconds` for `tasks` to end, then cancel the ones still running and return
+    them (the ones stuck on stop)."""
+    if not tasks:
+        return set()
+    _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
+    for task in pending:
+        task.cancel()
+    return pending
+
 
 class WorkerPool:
     """Worker processes (spawned, one pipe each) that answer ``(kind, index, ...)`` tuples; every wait
-    has a deadline. Each benchmark subclasses it with its own snapshot and stop handling."""
+    has a deadline. Each runs ``work`` through worker_entry. The messages are each benchmark's own, but
+    every worker takes ``("stop",)`` as its last (close sends it)."""
 
-    def __init__(self, target: Callable, specs: Sequence, *, daemon: bool = False) -> None:
+    def __init__(
+        self, work: WorkerCoroutine, specs: Sequence, *, daemon: bool = False, warning_chars: int | None = None
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.conns: list[multiprocessing.connection.Connection] = []
         self.processes = []
         for spec in specs:
             parent_end, child_end = context.Pipe()
             process = context.Process(
-                target=target, args=(spec, child_end), name=f"bench-worker-{spec.index}", daemon=daemon
+                target=worker_entry,
+                args=(work, spec, child_end, warning_chars),
+                name=f"bench-worker-{spec.index}",
+                daemon=daemon,
             )
             process.start()
             child_end.close()
@@ -228,3 +298,57 @@ class WorkerPool:
                     raise BenchError(f"expected {kind!r} from a worker, got {message[0]!r}")
                 replies[message[1]] = message
         return [replies[i] for i in range(len(self.conns))]
+
+    def close(self) -> None:
+        """Ask every worker to stop (one that is gone already is passed over), wait for each up to
+        STOP_TIMEOUT_SECONDS, kill the ones still running, close the pipes."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("stop",))
+        for process in self.processes:
+            process.join(timeout=STOP_TIMEOUT_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=STOP_TIMEOUT_SECONDS)
+        for conn in self.conns:
+            conn.close()
+
+
+# --- output ------------------------------------------------------------------------
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def print_rows(rows: list[tuple[str, str]], samples: Iterable[tuple[str, list[str]]] = ()) -> None:
+    """The result table on stdout: one ``name  value`` line a row, values aligned; then each sample
+    (errors, warnings, log lines) on a line of its own, indented, after its label."""
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    for label, texts in samples:
+        for text in texts:
+            print(f"  {label}: {text}")
+
+
+def say(text: str) -> None:
+    """Progress, on stderr: stdout holds only the table and the result line."""
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def print_result_line(result: dict, json_out: Path | None) -> None:
+    """The result as one JSON line on stdout, and into `json_out` when given."""
+    line = json.dumps(result, sort_keys=True)
+    print(line)
+    if json_out is not None:
+        json_out.write_text(line + "\n")
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt in the main thread, so that the benchmark cleans up as on ^C."""
+
+    def on_term(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)

@@ -60,14 +60,11 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
-import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -86,13 +83,19 @@ from benchkit import (
     WorkerPool,
     cpu_model,
     cpu_seconds,
+    interrupt_on_sigterm,
     log_lines,
+    mib,
     percentile,
+    print_result_line,
+    print_rows,
     rss_bytes,
+    say,
     split,
     start_server,
     stop_process,
     tail,
+    wait_or_cancel,
 )
 
 FLEET = "bench"
@@ -379,27 +382,16 @@ class GrpcDevice:
             self.done.set()
 
 
-def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
-    """Entry point of a worker process (spawned, so grpc state is never forked)."""
-    counter = WarningCounter()
-    logging.basicConfig(level=logging.WARNING, handlers=[counter])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
-    try:
-        asyncio.run(_worker(spec, conn, counter))
-    except Exception as exc:
-        with contextlib.suppress(OSError):
-            conn.send(("error", spec.index, f"{type(exc).__name__}: {exc}"))
-        raise
-
-
-async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection, counter: WarningCounter) -> None:
+async def _worker(
+    spec: WorkerSpec, conn: multiprocessing.connection.Connection, inbox: asyncio.Queue, counter: WarningCounter
+) -> None:
+    """A worker process's devices (run by benchkit.worker_entry): ready once every payload is built; on
+    "enroll" enroll them (enrolled); then per ("phase", name) get ready (prepared) and on "go" send
+    (done), until "stop" (stopped)."""
     from agent.enroll import enroll
     from agent.facts import collect_facts
     from protos.join import parse_join_string
 
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
     data_root = Path(spec.data_root)
     data_root.mkdir(parents=True, exist_ok=True)
     facts = await asyncio.to_thread(collect_facts, data_dir=data_root, labels={"bench": "mqtt-ingest"})
@@ -445,7 +437,6 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
         result["warnings"] = counter.count
         result["warning_samples"] = list(counter.samples)
         conn.send(("done", spec.index, result))
-    loop.remove_reader(conn.fileno())
     conn.send(("stopped", spec.index))
 
 
@@ -534,10 +525,7 @@ async def _grpc_phase(spec, conn, inbox, device_ids: list[str], identities: dict
         for d in devices:
             d.go.set()
             d.finish.set()
-        tasks = [d.task for d in devices if d.task is not None]
-        _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
-        for task in pending:
-            task.cancel()
+        await wait_or_cancel([d.task for d in devices if d.task is not None])
 
 
 # --- the broker, the control plane, the raw subscriber ---------------------------------
@@ -647,29 +635,10 @@ def stored_requests(server: ServerProcess, shape: Shape) -> int:
 # --- the parent: orchestrate, measure, report ------------------------------------------
 
 
-class Workers(WorkerPool):
-    """The worker processes and their pipes; every wait has a deadline."""
-
-    def __init__(self, specs: list[WorkerSpec]) -> None:
-        super().__init__(worker_main, specs)
-
-    def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(("stop",))
-        for process in self.processes:
-            process.join(timeout=STOP_TIMEOUT_SECONDS)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=STOP_TIMEOUT_SECONDS)
-        for conn in self.conns:
-            conn.close()
-
-
 def run_phase(
     phase: str,
     args: argparse.Namespace,
-    workers: Workers,
+    workers: WorkerPool,
     server: ServerProcess,
     broker: Broker,
     shape: Shape,
@@ -771,7 +740,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None], cleanup: list[Call
         # Devices here send no heartbeats: a long interval keeps their sessions open between phases.
         heartbeat_seconds=600,
     )
-    workers: Workers | None = None
+    workers: WorkerPool | None = None
 
     def stop_server() -> None:
         result["server_exit_code"] = stop_process(server.process)
@@ -792,7 +761,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None], cleanup: list[Call
         )
         for i, (first, chunk) in enumerate(split(join_strings, args.workers))
     ]  # fmt: skip
-    workers = Workers(specs)
+    workers = WorkerPool(_worker, specs)
     cleanup.append(workers.close)
     workers.collect("ready", WORKER_READY_TIMEOUT_SECONDS + 60.0)
     workers.send_all(("enroll",))
@@ -818,10 +787,6 @@ def run(args: argparse.Namespace, say: Callable[[str], None], cleanup: list[Call
     stop_server()
     result["server_log"] = {"lines": len(log_lines(server.log_path)), "samples": log_lines(server.log_path)[:10]}
     return result
-
-
-def _mib(value: float) -> str:
-    return f"{value / 2**20:.1f} MiB"
 
 
 def print_table(result: dict) -> None:
@@ -872,21 +837,15 @@ def print_table(result: dict) -> None:
         ("worker CPU per phase", f"raw {raw['worker_cpu_seconds']:.1f} s (+ subscriber "
                                  f"{raw['subscriber_cpu_seconds']:.1f} s), MQTT {mq['worker_cpu_seconds']:.1f} s, "
                                  f"gRPC {gr['worker_cpu_seconds']:.1f} s"),
-        ("server RSS idle -> end", f"{_mib(result['server_idle_rss_bytes'])} -> "
-                                   f"{_mib(result['server_end_rss_bytes'])}"),
+        ("server RSS idle -> end", f"{mib(result['server_idle_rss_bytes'])} -> "
+                                   f"{mib(result['server_end_rss_bytes'])}"),
         ("errors / warnings", f"raw {raw['errors']}/{raw['warnings']}, MQTT {mq['errors']}/{mq['warnings']}, "
                               f"gRPC {gr['errors']}/{gr['warnings']}"),
         ("server log lines", f"{result['server_log']['lines']} (at --log-level warning); "
                              f"exit code on SIGTERM {result.get('server_exit_code')}"),
     ]  # fmt: skip
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    for phase in PHASES:
-        for sample in result[phase]["error_samples"] + result[phase]["warning_samples"]:
-            print(f"  {phase}: {sample}")
-    for sample in result["server_log"]["samples"]:
-        print(f"  server log: {sample}")
+    samples = [(phase, result[phase]["error_samples"] + result[phase]["warning_samples"]) for phase in PHASES]
+    print_rows(rows, [*samples, ("server log", result["server_log"]["samples"])])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -913,14 +872,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cleanup: list[Callable[[], None]] = []
-
-    def say(text: str) -> None:
-        print(f"[bench] {text}", file=sys.stderr, flush=True)
-
-    def on_term(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    interrupt_on_sigterm()
     try:
         result = run(args, say, cleanup)
     except BenchError as exc:
@@ -934,10 +886,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 step()
     print_table(result)
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    if args.json_out is not None:
-        args.json_out.write_text(line + "\n")
+    print_result_line(result, args.json_out)
     ok = all(result[p]["complete"] for p in PHASES) and result["mqtt"]["stored_once"] and result["grpc"]["stored_once"]
     return 0 if ok else 1
 

@@ -82,7 +82,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import logging
 import math
 import multiprocessing
@@ -91,7 +90,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -107,13 +105,20 @@ from benchkit import (
     ServerProcess,
     WarningCounter,
     WorkerPool,
+    answer_snapshots,
     cpu_model,
     cpu_seconds,
+    interrupt_on_sigterm,
     log_lines,
+    mib,
+    print_result_line,
+    print_rows,
     rss_bytes,
+    say,
     split,
     start_server,
     stop_server,
+    wait_or_cancel,
 )
 
 sys.path.insert(0, str(REPO_ROOT))  # tests.bundles: the tiny ONNX bundles
@@ -188,20 +193,11 @@ class SimAgent:
     first_bad_acked: float | None = None
 
 
-def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
-    """Entry point of a worker process (spawned, so grpc state is never forked)."""
-    counter = WarningCounter(300)
-    logging.basicConfig(level=logging.WARNING, handlers=[counter])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
-    try:
-        asyncio.run(_worker(spec, conn, counter))
-    except Exception as exc:  # report, so the parent fails with a reason instead of a timeout
-        with contextlib.suppress(OSError):
-            conn.send(("error", spec.index, f"{type(exc).__name__}: {exc}"))
-        raise
-
-
-async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection, counter: WarningCounter) -> None:
+async def _worker(
+    spec: WorkerSpec, conn: multiprocessing.connection.Connection, inbox: asyncio.Queue, counter: WarningCounter
+) -> None:
+    """A worker process's simulated agents (run by benchkit.worker_entry): ready, then on "go" enroll,
+    open their sessions and serve traffic (enrolled, open), then answer "snapshot" until "stop" (stopped)."""
     from agent.channel import device_channel
     from agent.daemon import trusted_keys
     from agent.enroll import enroll
@@ -214,11 +210,8 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
     from protos.edgefleet.v1 import agent_pb2, agent_pb2_grpc, common_pb2
     from protos.join import parse_join_string
 
-    loop = asyncio.get_running_loop()
     # asyncio.to_thread's default pool (cpu + 4 threads) is one device's worth; this process is many.
-    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=spec.threads))
-    inbox: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=spec.threads))
 
     data_root = Path(spec.data_root)
     data_root.mkdir(parents=True, exist_ok=True)
@@ -410,29 +403,20 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
             "rss_bytes": rss_bytes(),
         }
 
-    while True:
-        command = await inbox.get()
-        if command[0] == "snapshot":
-            conn.send(("snapshot", spec.index, snapshot()))
-        elif command[0] == "stop":
-            break
+    await answer_snapshots(conn, inbox, spec.index, snapshot)
     traffic_task.cancel()
     for agent in agents:
         agent.stop.set()
         agent.session.stop()
-    tasks = [t for a in agents for t in a.tasks]
-    _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS) if tasks else (set(), set())
-    for task in pending:
-        task.cancel()
+    stuck = await wait_or_cancel([t for a in agents for t in a.tasks])
     for agent in agents:
         with contextlib.suppress(Exception):
             await agent.channel.close()
         with contextlib.suppress(Exception):
             agent.telemetry.close()
     final = snapshot()
-    final["stuck_on_stop"] = len(pending)
+    final["stuck_on_stop"] = len(stuck)
     conn.send(("stopped", spec.index, final))
-    loop.remove_reader(conn.fileno())
 
 
 class _NoTrustConfig:
@@ -548,7 +532,7 @@ class Workers(WorkerPool):
     """The worker processes and their pipes; every wait has a deadline."""
 
     def __init__(self, specs: list[WorkerSpec]) -> None:
-        super().__init__(worker_main, specs, daemon=True)
+        super().__init__(_worker, specs, daemon=True, warning_chars=300)
 
     def snapshot(self) -> dict:
         """The workers' snapshots merged into one."""
@@ -561,18 +545,6 @@ class Workers(WorkerPool):
         merged = merge([reply[2] for reply in replies])
         merged["stuck_on_stop"] = sum(reply[2]["stuck_on_stop"] for reply in replies)
         return merged
-
-    def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(("stop",))
-        for process in self.processes:
-            process.join(timeout=STOP_TIMEOUT_SECONDS)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=STOP_TIMEOUT_SECONDS)
-        for conn in self.conns:
-            conn.close()
 
 
 def merge(snapshots: list[dict]) -> dict:
@@ -886,10 +858,6 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
 # --- output ------------------------------------------------------------------------------
 
 
-def _mib(value: float) -> str:
-    return f"{value / 2**20:.1f} MiB"
-
-
 def _s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} s"
 
@@ -920,8 +888,8 @@ def rollout_rows(label: str, r: dict) -> list[tuple[str, str]]:
         (f"{label} downloads", f"{r['download_starts']} download starts (retries show as more than one per device)"),
         (f"{label} server CPU", f"{r['server_cpu_seconds']:.2f} s ({100 * r['server_cpu_seconds'] / window:.0f} % "
                                 f"of one core over {window:.0f} s)"),
-        (f"{label} server RSS", f"{_mib(r['server_rss_before_bytes'])} before, {_mib(r['server_rss_peak_bytes'])} "
-                                f"peak, {_mib(r['server_rss_end_bytes'])} after"),
+        (f"{label} server RSS", f"{mib(r['server_rss_before_bytes'])} before, {mib(r['server_rss_peak_bytes'])} "
+                                f"peak, {mib(r['server_rss_end_bytes'])} after"),
     ]  # fmt: skip
     return rows
 
@@ -938,7 +906,7 @@ def print_table(result: dict) -> None:
                              f"{p['rollout_remeasure_seconds']} s"),
         ("set-up", f"{s['sessions_open']} sessions open in {s['all_open_seconds']:.1f} s; Deploy v1 to all: "
                    f"{s['deploy_v1_seconds']:.1f} s; server CPU {s['server_cpu_seconds']:.1f} s"),
-        ("server RSS", f"{_mib(result['server_idle_rss_bytes'])} idle, {_mib(s['server_rss_bytes'])} with the fleet "
+        ("server RSS", f"{mib(result['server_idle_rss_bytes'])} idle, {mib(s['server_rss_bytes'])} with the fleet "
                        f"on v1"),
     ]  # fmt: skip
     if "good" in result:
@@ -962,24 +930,20 @@ def print_table(result: dict) -> None:
     a = result["agents"]
     rows += [
         ("agents at end", f"serving {a['serving']}; phases {a['phases']}"),
-        ("agent workers", f"CPU {a['cpu_seconds']:.1f} s in all; RSS " + ", ".join(_mib(r) for r in a["rss_bytes"])),
+        ("agent workers", f"CPU {a['cpu_seconds']:.1f} s in all; RSS " + ", ".join(mib(r) for r in a["rss_bytes"])),
         ("trouble", f"reconnects {a['reconnects']}, warnings {a['warnings']}, fatal {a['fatal']}, stuck on stop "
                     f"{a['stuck_on_stop']}; server log lines {result['server_log']['lines']} (at warning); "
                     f"server exit code {result['server_exit_code']}"),
         ("runtime", f"{result['runtime_seconds']:.1f} s"),
     ]  # fmt: skip
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    for label, samples in (
+    samples = [
         ("enroll error", s["enroll_error_samples"]),
         ("agent failure", a["failure_samples"]),
         ("agent warning", a["warning_samples"]),
         ("agent fatal", a["fatal_samples"]),
         ("server log", result["server_log"]["samples"]),
-    ):
-        for sample in samples:
-            print(f"  {label}: {sample}")
+    ]
+    print_rows(rows, samples)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1023,14 +987,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def say(text: str) -> None:
-        print(f"[bench] {text}", file=sys.stderr, flush=True)
-
-    def on_term(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)  # clean up as on ^C
+    interrupt_on_sigterm()
     try:
         result = run(args, say)
     except BenchError as exc:
@@ -1040,10 +997,7 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted; processes stopped and temp dirs removed")
         return 130
     print_table(result)
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    if args.json_out is not None:
-        args.json_out.write_text(line + "\n")
+    print_result_line(result, args.json_out)
     good = result.get("good", {})
     bad = result.get("bad", {})
     ok = (

@@ -47,14 +47,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import platform
-import signal
 import sys
 import tempfile
 import time
@@ -68,14 +64,20 @@ from benchkit import (
     ServerProcess,
     WarningCounter,
     WorkerPool,
+    answer_snapshots,
     cpu_model,
     cpu_seconds,
     log_lines,
+    mib,
     percentile,
+    print_result_line,
+    print_rows,
     rss_bytes,
+    say,
     split,
     start_server,
     stop_server,
+    wait_or_cancel,
 )
 
 FLEET = "bench"
@@ -98,28 +100,15 @@ class WorkerSpec:
     open_deadline_seconds: float
 
 
-def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
-    """Entry point of a worker process (spawned, so grpc state is never forked)."""
-    counter = WarningCounter()
-    logging.basicConfig(level=logging.WARNING, handlers=[counter])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
-    try:
-        asyncio.run(_worker(spec, conn, counter))
-    except Exception as exc:  # report, so the parent fails with a reason instead of a timeout
-        with contextlib.suppress(OSError):
-            conn.send(("error", spec.index, f"{type(exc).__name__}: {exc}"))
-        raise
-
-
-async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection, counter: WarningCounter) -> None:
+async def _worker(
+    spec: WorkerSpec, conn: multiprocessing.connection.Connection, inbox: asyncio.Queue, counter: WarningCounter
+) -> None:
+    """A worker process's agents (run by benchkit.worker_entry): ready, then on "go" enroll and open
+    their sessions (enrolled, open), then answer "snapshot" until "stop" (stopped)."""
     from agent.enroll import enroll
     from agent.facts import collect_facts
     from agent.session import Session, SessionEnded
     from protos.join import parse_join_string
-
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
 
     data_root = Path(spec.data_root)
     data_root.mkdir(parents=True, exist_ok=True)
@@ -187,21 +176,13 @@ async def _worker(spec: WorkerSpec, conn: multiprocessing.connection.Connection,
             "rss_bytes": rss_bytes(),
         }
 
-    while True:
-        command = await inbox.get()
-        if command[0] == "snapshot":
-            conn.send(("snapshot", spec.index, snapshot()))
-        elif command[0] == "stop":
-            break
+    await answer_snapshots(conn, inbox, spec.index, snapshot)
     for session in sessions:
         session.stop()
-    _, pending = await asyncio.wait(runs, timeout=STOP_TIMEOUT_SECONDS) if runs else (set(), set())
-    for task in pending:
-        task.cancel()
+    stuck = await wait_or_cancel(runs)
     final = snapshot()
-    final["stuck_on_stop"] = len(pending)
+    final["stuck_on_stop"] = len(stuck)
     conn.send(("stopped", spec.index, final))
-    loop.remove_reader(conn.fileno())
 
 
 # --- the operator API ---------------------------------------------------------------
@@ -259,7 +240,7 @@ class Workers(WorkerPool):
     """The worker processes and their pipes; every wait has a deadline."""
 
     def __init__(self, specs: list[WorkerSpec]) -> None:
-        super().__init__(worker_main, specs)
+        super().__init__(_worker, specs)
 
     def snapshot(self) -> list[dict]:
         self.send_all(("snapshot",))
@@ -268,15 +249,6 @@ class Workers(WorkerPool):
     def stop(self) -> list[dict]:
         self.send_all(("stop",))
         return [reply[2] for reply in self.collect("stopped", STOP_TIMEOUT_SECONDS + WORKER_REPLY_TIMEOUT_SECONDS)]
-
-    def close(self) -> None:
-        for process in self.processes:
-            process.join(timeout=STOP_TIMEOUT_SECONDS)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=STOP_TIMEOUT_SECONDS)
-        for conn in self.conns:
-            conn.close()
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
@@ -383,18 +355,11 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict:
             }
         finally:
             if workers is not None:
-                with contextlib.suppress(Exception):
-                    for conn in workers.conns:
-                        conn.send(("stop",))
                 workers.close()
             result["server_exit_code"] = stop_server(server)
             problems = log_lines(server.log_path)  # run at --log-level warning: each names a problem
             result["server_log"] = {"lines": len(problems), "samples": problems[:10]}
     return result
-
-
-def _mib(value: float) -> str:
-    return f"{value / 2**20:.1f} MiB"
 
 
 def print_table(result: dict) -> None:
@@ -414,32 +379,28 @@ def print_table(result: dict) -> None:
                          f"{s['heartbeats']} in the window)"),
         ("server CPU", f"{s['server_cpu_seconds']:.2f} s ({s['server_cpu_percent']:.1f} % of one core)"),
         ("server CPU / 1000 hb", f"{per_1000:.3f} s" if per_1000 is not None else "n/a"),
-        ("server RSS idle -> end", f"{_mib(result['server_idle_rss_bytes'])} -> "
-                                   f"{_mib(result['server_end_rss_bytes'])}"),
+        ("server RSS idle -> end", f"{mib(result['server_idle_rss_bytes'])} -> "
+                                   f"{mib(result['server_end_rss_bytes'])}"),
         ("online at end", f"{o['online']}/{p['agents']} (listed {o['listed']}; ListDevices answer "
                           f"{o['list_response_bytes'] / 1024:.0f} KiB)" + ("" if o["ok"] else "  FAIL")),
         ("agent workers CPU", f"{s['agent_cpu_seconds']:.2f} s in the window "
                               f"({100 * s['agent_cpu_seconds'] / s['window_seconds']:.1f} % of one core)"),
-        ("agent workers RSS", ", ".join(_mib(r) for r in s["agent_rss_bytes"])),
+        ("agent workers RSS", ", ".join(mib(r) for r in s["agent_rss_bytes"])),
         ("reconnects", f"{s['reconnects_in_window']} in the window, {a['reconnects_total']} in all; "
                        f"{s['sessions_connected_at_end']} connected at end"),
         ("agent warnings", f"{a['warnings']}; fatal {a['fatal']}; stuck on stop {a['stuck_on_stop']}"),
         ("server log lines", f"{result['server_log']['lines']} (at --log-level warning); "
                              f"exit code on SIGTERM {result['server_exit_code']}"),
     ]  # fmt: skip
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    for label, samples in (
+    samples = [
         ("enroll error", j["enroll_error_samples"]),
         ("agent warning", a["warning_samples"]),
         ("agent last error", a["last_errors"]),
         ("agent fatal", a["fatal_samples"]),
         ("offline", o["offline_samples"]),
         ("server log", result["server_log"]["samples"]),
-    ):
-        for sample in samples:
-            print(f"  {label}: {sample}")
+    ]
+    print_rows(rows, samples)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -463,20 +424,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def say(text: str) -> None:
-        print(f"[bench] {text}", file=sys.stderr, flush=True)
-
     try:
         result = run(args, say)
     except BenchError as exc:
         say(f"failed: {exc}")
         return 2
     print_table(result)
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    if args.json_out is not None:
-        args.json_out.write_text(line + "\n")
+    print_result_line(result, args.json_out)
     ok = (
         result["join"]["enrolled"] == args.agents
         and result["join"]["sessions_open"] == args.agents
