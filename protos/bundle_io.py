@@ -130,8 +130,9 @@ def _read_key_file(path: Path) -> bytes:
 def write_bundle_dir(target: Path, files: Mapping[str, bytes | Path], manifest: dict[str, Any]) -> Path:
     """Write the bundle directory ``target``: every file at its bundle path, and ``manifest.json``.
 
-    ``files`` maps a bundle path to its content (bytes) or to a local file to copy. The directory
-    is assembled beside ``target`` and renamed into place, replacing an older one; returns ``target``.
+    ``files`` maps a bundle path to its content (bytes) or to a local file to copy (which may lie in
+    ``target`` itself: every file is copied before ``target`` is replaced). The directory is
+    assembled beside ``target`` and renamed into place, replacing an older one; returns ``target``.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

@@ -482,14 +482,7 @@ def rescore(bundles: list[Path]) -> int:
             bundle_pb2.BuildMetrics(**accuracy_metrics(scores)), preserving_proto_field_name=True
         )
         data["metrics"].update(fields)
-        files = {f["path"]: directory / f["path"] for f in data["files"]}
-        with tempfile.TemporaryDirectory() as tmp:  # write_bundle_dir replaces the directory it copies from
-            copies = {}
-            for rel, path in files.items():
-                copies[rel] = Path(tmp) / rel
-                copies[rel].parent.mkdir(parents=True, exist_ok=True)
-                copies[rel].write_bytes(path.read_bytes())
-            write_bundle_dir(directory, copies, data)
+        write_bundle_dir(directory, {f["path"]: directory / f["path"] for f in data["files"]}, data)
         log(
             f"{directory.name}: slot F1 {before['slot_f1']:.5f} -> {scores.slot_f1:.5f}, "
             f"intent {before['intent_accuracy']:.5f} -> {scores.intent_accuracy:.5f}"

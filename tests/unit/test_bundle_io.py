@@ -168,6 +168,17 @@ def test_write_bundle_dir_replaces_an_older_build_whole(tmp_path: Path) -> None:
     assert (target / "model.onnx").read_bytes() == b"new"
 
 
+def test_write_bundle_dir_can_copy_from_the_directory_it_replaces(tmp_path: Path) -> None:
+    """A new manifest for an existing build: its files are copied before the old directory goes."""
+    target = tmp_path / "kws-fp32"
+    bundle_io.write_bundle_dir(target, {"model.onnx": b"weights", "labels.txt": b"yes\nno\n"}, {"version": 1})
+    bundle_io.write_bundle_dir(target, {p: target / p for p in ("model.onnx", "labels.txt")}, {"version": 2})
+    assert (target / "model.onnx").read_bytes() == b"weights"
+    assert (target / "labels.txt").read_bytes() == b"yes\nno\n"
+    assert json.loads((target / "manifest.json").read_text()) == {"version": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kws-fp32"]
+
+
 @pytest.mark.parametrize("files", [{"../escape.onnx": b"x"}, {"model.onnx": Path("/nonexistent/model.onnx")}])
 def test_a_failed_write_leaves_the_previous_directory_and_no_debris(tmp_path: Path, files) -> None:
     target = tmp_path / "kws-fp32"
