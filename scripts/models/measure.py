@@ -32,6 +32,12 @@ def load_and_latency(
         started = time.perf_counter()
         sess = session(model, quiet=quiet)
         loads.append((time.perf_counter() - started) * 1000)
+    cuts = statistics.quantiles(run_ms(sess, feed, runs=runs, warmup=warmup), n=100, method="inclusive")
+    return statistics.median(loads), cuts[49], cuts[94]
+
+
+def run_ms(sess: ort.InferenceSession, feed: dict[str, np.ndarray], *, runs: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``sess`` on ``feed``, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         sess.run(None, feed)
     timings = []
@@ -39,8 +45,7 @@ def load_and_latency(
         started = time.perf_counter()
         sess.run(None, feed)
         timings.append((time.perf_counter() - started) * 1000)
-    cuts = statistics.quantiles(timings, n=100, method="inclusive")
-    return statistics.median(loads), cuts[49], cuts[94]
+    return timings
 
 
 def cpu_model() -> str:

@@ -20,16 +20,14 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from google.protobuf import json_format
 
 from protos.edgefleet.v1 import bundle_pb2
 from protos.tensors import to_numpy
-from scripts.models.measure import cpu_model
+from scripts.models.measure import cpu_model, run_ms, session
 
 
 def read_manifest(bundle: Path) -> bundle_pb2.BundleManifest:
@@ -53,24 +51,6 @@ def feed_of(bundle: Path, manifest: bundle_pb2.BundleManifest, text: str | None)
     tokenizer = Tokenizer.from_file(str(bundle / (config.tokenizer_file or "tokenizer.json")))
     ids = np.asarray([tokenizer.encode(text.lower() if config.lowercase else text).ids], dtype=np.int64)
     return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-
-
-def session(model: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-
-
-def p50_ms(sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        sess.run(None, feed)
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        sess.run(None, feed)
-        timings.append((time.perf_counter() - started) * 1000)
-    return statistics.median(timings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if round_ % 2:
             order.reverse()
         for i in order:
-            p50s[i].append(p50_ms(sessions[i], feed, args.runs, args.warmup))
+            p50s[i].append(statistics.median(run_ms(sessions[i], feed, runs=args.runs, warmup=args.warmup)))
         cells = "  ".join(f"{names[i]} {p50s[i][-1]:.3f} ms" for i in range(len(sessions)))
         ratios = "  ".join(f"{p50s[0][-1] / p50s[i][-1]:.2f}x" for i in range(1, len(sessions)))
         print(f"round {round_ + 1}: {cells}  base/other {ratios}", flush=True)
