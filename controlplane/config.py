@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 DEFAULT_API_PORT = 7443
 DEFAULT_DEVICE_PORT = 7444
+DEFAULT_ARTIFACT_PORT = 7445
 MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 
 
@@ -60,6 +61,9 @@ class ServerConfig(BaseModel):
     device_port: int = Field(DEFAULT_DEVICE_PORT, ge=0, le=65535)
     advertise_host: str = ""  # host put in join strings; empty = this machine's name
     artifact_bytes_per_second: int = Field(0, ge=0)  # per download stream; 0 = no cap
+    # HTTPS artifact downloads (controlplane.artifact_https; mutual TLS), announced to devices in Welcome:
+    # None = off (devices fetch over the device port's gRPC), 0 = any free port.
+    artifact_port: int | None = Field(DEFAULT_ARTIFACT_PORT, ge=0, le=65535)
     device_advertise: str = ""  # host:port devices dial for sessions (NAT); empty = join host + device_port
     extra_tls_names: tuple[str, ...] = ()
     heartbeat_interval_seconds: int = Field(10, ge=1, le=3600)

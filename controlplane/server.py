@@ -2,6 +2,8 @@
 
 - API port (server TLS): enrollment, the operator API, health, reflection.
 - Device port (mutual TLS, client certificate required): the agent gateway, health.
+- Artifact port (HTTPS, mutual TLS; ``controlplane.artifact_https``): blob downloads for devices,
+  announced to them in Welcome; off with ``artifact_port`` None (devices then use FetchArtifact).
 
 First start creates, in the data dir: the CA (ca.crt, ca.key owner-only),
 an admin token (admin.token, owner-only) and cli.toml, which points the CLI
@@ -35,6 +37,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.artifact_https import ArtifactServer, server_context
 from controlplane.auth import new_operator_token, sha256_hex
 from controlplane.blobs import BlobStore
 from controlplane.config import ServerConfig, parse_broker_url
@@ -100,11 +103,14 @@ class RunningServer:
     metrics: MetricsServer | None = None
     metrics_port: int | None = None  # the bound port, when the metrics endpoint is on
     mqtt: MqttBridge | None = None  # the MQTT transport, when mqtt_url is set
+    artifacts: ArtifactServer | None = None  # the HTTPS artifact listener, unless artifact_port is None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.services.config.shutdown_grace_seconds if grace is None else grace
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
+        if self.artifacts is not None:  # downloads in progress are cut: devices resume them later
+            await asyncio.to_thread(self.artifacts.stop)
         if self.rollup_task is not None:
             self.rollup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -231,6 +237,23 @@ async def start(config: ServerConfig) -> RunningServer:
             store.close()
             raise DataDirError(f"cannot serve metrics on {config.listen_host}:{config.metrics_port}: {exc}") from exc
 
+    artifacts: ArtifactServer | None = None
+    if config.artifact_port is not None:
+        artifacts = ArtifactServer(
+            services, server_context(chain_pem, key_pem, ca.cert_pem, config.data_dir), loop=asyncio.get_running_loop()
+        )
+        try:
+            services.artifact_port = await asyncio.to_thread(artifacts.start, config.listen_host, config.artifact_port)
+        except OSError as exc:
+            if metrics is not None:
+                await asyncio.to_thread(metrics.stop)
+            executor.shutdown(wait=False)
+            store.close()
+            raise DataDirError(
+                f"cannot serve artifact downloads on {config.listen_host}:{config.artifact_port}: {exc} "
+                "(choose another --artifact-port, or -1 to turn HTTPS downloads off)"
+            ) from exc
+
     await api_server.start()
     await device_server.start()
     presence.start()
@@ -254,7 +277,13 @@ async def start(config: ServerConfig) -> RunningServer:
         for name in ("", *names):
             await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _write_cli_config(config.data_dir, config.listen_host, api_port)
-    log.info("control plane listening: api %s, devices %s, data %s", api_port, device_port, config.data_dir)
+    log.info(
+        "control plane listening: api %s, devices %s, artifacts %s, data %s",
+        api_port,
+        device_port,
+        f"https {services.artifact_port}" if artifacts is not None else "over the device port",
+        config.data_dir,
+    )
     if metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", _host(config.listen_host), metrics_port)
     return RunningServer(
@@ -271,6 +300,7 @@ async def start(config: ServerConfig) -> RunningServer:
         metrics=metrics,
         metrics_port=metrics_port,
         mqtt=bridge,
+        artifacts=artifacts,
     )
 
 
@@ -329,7 +359,8 @@ async def serve(config: ServerConfig, *, ready_file: Path | None = None) -> None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if ready_file is not None:
-        ready_file.write_text(f"{running.api_port} {running.device_port} {os.getpid()}\n")
+        artifact_port = running.services.artifact_port
+        ready_file.write_text(f"{running.api_port} {running.device_port} {os.getpid()} {artifact_port}\n")
     try:
         await stop.wait()
     finally:

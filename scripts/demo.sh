@@ -18,6 +18,7 @@ SERVER_DIR=$DEMO/server
 CLASSES=$ROOT/deploy/classes.demo.yaml
 API_PORT=${EDGEFLEET_DEMO_API_PORT:-7443}
 DEVICE_PORT=${EDGEFLEET_DEMO_DEVICE_PORT:-7444}
+ARTIFACT_PORT=${EDGEFLEET_DEMO_ARTIFACT_PORT:-7445}
 FLEET=demo
 NLU=snips-nlu-student
 NEW_VERSION=2   # the rollout's version: the committed NLU builds (version 1) re-versioned
@@ -109,7 +110,7 @@ start() {
   # Rollout controllers check every second, and a gate short of traffic measures again after 2 s
   # (defaults: 2 s and 60 s); benchmark jobs time BENCHMARK_RUNS inferences per variant.
   "$EF" server --data-dir "$SERVER_DIR" --listen 127.0.0.1 --advertise 127.0.0.1 \
-    --api-port "$API_PORT" --device-port "$DEVICE_PORT" --ready-file "$DEMO/ready" \
+    --api-port "$API_PORT" --device-port "$DEVICE_PORT" --artifact-port "$ARTIFACT_PORT" --ready-file "$DEMO/ready" \
     --benchmark-runs "$BENCHMARK_RUNS" --rollout-tick-seconds 1 --rollout-remeasure-seconds 2 \
     >>"$DEMO/server.log" 2>&1 &
   echo $! >"$DEMO/server.pid"

@@ -22,6 +22,14 @@ def server(
     listen: Annotated[str, typer.Option("--listen", help="Address to listen on")] = "0.0.0.0",
     api_port: Annotated[int, typer.Option("--api-port", help="Operator API and enrollment (TLS); 0 = any")] = 7443,
     device_port: Annotated[int, typer.Option("--device-port", help="Device sessions (mutual TLS); 0 = any")] = 7444,
+    artifact_port: Annotated[
+        int,
+        typer.Option(
+            "--artifact-port",
+            help="Artifact downloads over HTTPS (mutual TLS), on the host devices dial; 0 = any, -1 = off "
+            "(devices then fetch over the device port)",
+        ),
+    ] = 7445,
     advertise: Annotated[str, typer.Option("--advertise", help="Host name devices use to reach this server")] = "",
     artifact_rate: Annotated[
         int, typer.Option("--artifact-bytes-per-second", help="Cap each device download stream (0 = no cap)")
@@ -86,7 +94,10 @@ def server(
         ),
     ] = None,
     ready_file: Annotated[
-        Path | None, typer.Option("--ready-file", help="Write 'API_PORT DEVICE_PORT PID' here when ready")
+        Path | None,
+        typer.Option(
+            "--ready-file", help="Write 'API_PORT DEVICE_PORT PID ARTIFACT_PORT' here when ready (0 = no HTTPS port)"
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")] = "info",
 ) -> None:
@@ -109,6 +120,7 @@ def server(
             listen_host=listen,
             api_port=api_port,
             device_port=device_port,
+            artifact_port=None if artifact_port == -1 else artifact_port,
             advertise_host=advertise,
             device_advertise=device_advertise,
             artifact_bytes_per_second=artifact_rate,

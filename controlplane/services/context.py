@@ -40,6 +40,7 @@ class Services:
     executor: ThreadPoolExecutor
     blobs: BlobStore  # bundle files by sha256; its blocking calls run in threads (asyncio.to_thread)
     clock: Callable[[], dt.datetime] = utcnow
+    artifact_port: int = 0  # the HTTPS artifact listener's port, told to devices in Welcome; 0 = none
     # Classifying devices and planning benchmark jobs read-then-write; one server process serialises them.
     class_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     job_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

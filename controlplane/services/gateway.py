@@ -45,6 +45,21 @@ log = logging.getLogger("edgefleet.server.gateway")
 DEFAULT_CHUNK_BYTES = 256 * 1024
 
 
+async def device_for_certificate(s: Services, common_name: str, fingerprint: str):
+    """The device row of a verified client certificate (also used by ``controlplane.artifact_https``).
+
+    Raises Unauthenticated (not a current device certificate) or PermissionDenied (revoked).
+    """
+    device = await s.db(s.store.get_device, common_name)
+    if device is None or device.certificate_sha256 != fingerprint:
+        raise Unauthenticated(f"certificate for {common_name!r} is not a current device certificate")
+    if device.revoked_at is not None:
+        raise PermissionDenied(
+            f"device {common_name!r} was revoked; to bring it back, join it again under a new device id"
+        )
+    return device
+
+
 class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -52,14 +67,7 @@ class GatewayService(agent_pb2_grpc.AgentGatewayServicer):
     async def authenticate(self, context: grpc.aio.ServicerContext):
         """Return the device row of the caller. Raises Unauthenticated or PermissionDenied."""
         common_name, fingerprint = peer_certificate(context.auth_context())
-        device = await self.s.db(self.s.store.get_device, common_name)
-        if device is None or device.certificate_sha256 != fingerprint:
-            raise Unauthenticated(f"certificate for {common_name!r} is not a current device certificate")
-        if device.revoked_at is not None:
-            raise PermissionDenied(
-                f"device {common_name!r} was revoked; to bring it back, join it again under a new device id"
-            )
-        return device
+        return await device_for_certificate(self.s, common_name, fingerprint)
 
     async def Session(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802
         try:
@@ -227,6 +235,7 @@ async def open_session(
         heartbeat_interval_seconds=s.config.heartbeat_interval_seconds,
         protocol_version=PROTOCOL_VERSION,
         server_time=timestamp(now),
+        artifact_port=s.artifact_port,
     )
     return handle, agent_pb2.ControlMessage(welcome=welcome)
 

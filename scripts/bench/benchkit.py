@@ -45,6 +45,7 @@ class ServerProcess:
     device_port: int
     data_dir: Path
     log_path: Path
+    artifact_port: int = 0  # the HTTPS artifact listener (0 = off)
 
 
 def start_server(
@@ -60,7 +61,7 @@ def start_server(
     executable = Path(sys.executable).with_name("edgefleet")
     command = [
         str(executable), "server",
-        "--data-dir", str(data_dir), "--api-port", "0", "--device-port", "0",
+        "--data-dir", str(data_dir), "--api-port", "0", "--device-port", "0", "--artifact-port", "0",
         "--listen", "127.0.0.1", "--advertise", "127.0.0.1",
         *(["--heartbeat-seconds", str(heartbeat_seconds)] if heartbeat_seconds is not None else []),
         *extra_args,
@@ -75,8 +76,8 @@ def start_server(
         if process.poll() is not None:
             raise BenchError(f"the control plane exited with {process.returncode}: {tail(log_path)}")
         with contextlib.suppress(OSError, ValueError):
-            api_port, device_port, pid = (int(x) for x in ready.read_text().split())
-            return ServerProcess(process, pid, api_port, device_port, data_dir, log_path)
+            api_port, device_port, pid, artifact_port = (int(x) for x in ready.read_text().split())
+            return ServerProcess(process, pid, api_port, device_port, data_dir, log_path, artifact_port)
         time.sleep(0.05)
     process.kill()
     process.wait(timeout=STOP_TIMEOUT_SECONDS)

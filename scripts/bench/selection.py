@@ -362,6 +362,7 @@ def run(opts: argparse.Namespace, tmp: Path) -> int:
         listen_host="127.0.0.1",
         api_port=0,
         device_port=0,
+        artifact_port=0,
         advertise_host="127.0.0.1",
         heartbeat_interval_seconds=2,
         last_seen_flush_seconds=0.5,

@@ -36,6 +36,7 @@ def server_config(data_dir: Path, db_url: str = "", **overrides) -> ServerConfig
         listen_host="127.0.0.1",
         api_port=0,
         device_port=0,
+        artifact_port=0,
         advertise_host="127.0.0.1",
         heartbeat_interval_seconds=1,
         hello_timeout_seconds=3.0,

@@ -63,6 +63,7 @@ def test_demo_fast_runs_twice_prints_its_summary_and_stops(tmp_path):
         "EDGEFLEET_DEMO_DIR": str(demo_dir),
         "EDGEFLEET_DEMO_API_PORT": str(_free_port()),
         "EDGEFLEET_DEMO_DEVICE_PORT": str(_free_port()),
+        "EDGEFLEET_DEMO_ARTIFACT_PORT": str(_free_port()),
     }
     cli_env = {**env, "EDGEFLEET_CONFIG": str(demo_dir / "server" / "cli.toml")}
 

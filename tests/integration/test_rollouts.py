@@ -270,6 +270,7 @@ class ServerProcess:
         command = [
             sys.executable, "-m", "edgefleet", "server", "--data-dir", str(data_dir), "--listen", "127.0.0.1",
             "--advertise", "127.0.0.1", "--api-port", str(api_port), "--device-port", str(device_port),
+            "--artifact-port", "0",
             "--heartbeat-seconds", "1", "--rollout-tick-seconds", "0.3", "--rollout-remeasure-seconds", "1",
             "--ready-file", str(self.ready),
         ]  # fmt: skip

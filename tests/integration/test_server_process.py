@@ -17,7 +17,8 @@ from tests.integration.harness import ROOT, AgentProcess, wait_for
 def _server(data_dir: Path, *extra: str) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "edgefleet", "server", "--data-dir", str(data_dir), "--listen", "127.0.0.1",
-        "--advertise", "127.0.0.1", "--api-port", "0", "--device-port", "0", "--heartbeat-seconds", "1",
+        "--advertise", "127.0.0.1", "--api-port", "0", "--device-port", "0", "--artifact-port", "0",
+        "--heartbeat-seconds", "1",
         "--ready-file", str(data_dir.parent / "ready"), *extra,
     ]  # fmt: skip
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -153,7 +153,7 @@ def test_the_containerfile_runs_as_a_user_with_a_data_volume_ports_and_a_health_
     assert by_name["FROM"] == ["python:3.11-slim"]
     assert by_name["USER"][-1].split(":")[0] == "edgefleet"
     assert json.loads(by_name["VOLUME"][0]) == [DATA_DIR]
-    assert by_name["EXPOSE"] == ["7443 7444 9464"]
+    assert by_name["EXPOSE"] == ["7443 7444 7445 9464"]
     assert any('pip install "/src[server,cli]"' in run for run in by_name["RUN"])
     (health,) = by_name["HEALTHCHECK"]
     assert "healthcheck.py" in health and "--port" in health and "7443" in health
@@ -205,7 +205,7 @@ def test_compose_control_plane_waits_for_postgres_and_uses_it():
     assert [name for name, target in volumes if target == DATA_DIR] == ["controlplane-data"]
     assert set(compose["volumes"]) == {"postgres-data", "mosquitto-data", "controlplane-data"}
     published = {str(port).rsplit(":", 1)[-1] for port in control["ports"]}
-    assert published == {"7443", "7444", "9464"}
+    assert published == {"7443", "7444", "7445", "9464"}
 
 
 def test_the_compose_broker_accepts_no_anonymous_clients():
@@ -256,7 +256,8 @@ def test_the_health_check_reports_a_running_server_serving(tmp_path):
     assert _healthcheck(data_dir, 1).returncode == 1  # no CA yet: unhealthy, not a crash
     command = [
         sys.executable, "-m", "edgefleet", "server", "--data-dir", str(data_dir), "--listen", "127.0.0.1",
-        "--advertise", "127.0.0.1", "--api-port", "0", "--device-port", "0", "--ready-file", str(ready),
+        "--advertise", "127.0.0.1", "--api-port", "0", "--device-port", "0", "--artifact-port", "0",
+        "--ready-file", str(ready),
     ]  # fmt: skip
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -180,18 +180,20 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkJob, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("device_id", "fleet", "heartbeat_interval_seconds", "server_time", "protocol_version")
+    __slots__ = ("device_id", "fleet", "heartbeat_interval_seconds", "server_time", "protocol_version", "artifact_port")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     FLEET_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_PORT_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     fleet: str
     heartbeat_interval_seconds: int
     server_time: _timestamp_pb2.Timestamp
     protocol_version: int
-    def __init__(self, device_id: _Optional[str] = ..., fleet: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    artifact_port: int
+    def __init__(self, device_id: _Optional[str] = ..., fleet: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[int] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., protocol_version: _Optional[int] = ..., artifact_port: _Optional[int] = ...) -> None: ...
 
 class Disconnect(_message.Message):
     __slots__ = ("reason", "revoked")
