@@ -18,6 +18,7 @@ from agent.config import AgentConfig
 from agent.enroll import enroll
 from agent.errors import AgentConfigError, IdentityError
 from agent.facts import collect_facts
+from agent.fetch_https import HttpsEndpoint, device_https_endpoint
 from agent.identity import Identity, identity_dir, load_identity
 from agent.jobs import JobRunner
 from agent.local_api import LocalInferenceService, start_local_api
@@ -116,6 +117,16 @@ def apply_cpu_affinity(config: AgentConfig) -> None:
     log.info("pinned to CPUs %s", ",".join(map(str, config.cpu_affinity)))
 
 
+def artifact_https(config: AgentConfig, identity: Identity) -> HttpsEndpoint | None:
+    """The HTTPS artifact endpoint as this device (its port comes with the Welcome); None, with a warning, when
+    the identity's files cannot make a TLS context: artifacts then come over gRPC, as before."""
+    try:
+        return device_https_endpoint(identity, identity_dir(config.data_dir))
+    except IdentityError as exc:
+        log.warning("artifacts will come over gRPC only: %s", exc)
+        return None
+
+
 def make_session(config: AgentConfig, identity: Identity, **kwargs) -> Session | MqttSession:
     """The session for ``config.transport``: the gRPC stream, or MQTT 5 through the fleet's broker.
 
@@ -167,6 +178,9 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
             case "job":
                 jobs.submit(message.job)
 
+    def on_welcome(welcome: agent_pb2.Welcome) -> None:
+        source.use_https(welcome.artifact_port)
+
     def on_connected() -> None:
         telemetry.on_connected()
         session.send(agent_pb2.AgentMessage(status=status_report(shell.state)))
@@ -178,6 +192,7 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         heartbeat_interval_seconds=config.heartbeat_interval_seconds if explicit else None,
         on_desired=on_desired,
         on_message=on_message,
+        on_welcome=on_welcome,
         on_connected=on_connected,
     )
     telemetry = TelemetryPipeline(
@@ -189,7 +204,11 @@ async def run(config: AgentConfig, *, join: str | None = None, device_id: str | 
         partial_minutes=config.telemetry_partial_minutes,
     )
     channel = device_channel(identity)
-    source = GatewaySource(agent_pb2_grpc.AgentGatewayStub(channel), timeout_seconds=config.rpc_timeout_seconds)
+    source = GatewaySource(
+        agent_pb2_grpc.AgentGatewayStub(channel),
+        timeout_seconds=config.rpc_timeout_seconds,
+        https=artifact_https(config, identity),
+    )
     shell = ReconcileShell(
         data_dir=config.data_dir,
         facts=facts_provider(config),

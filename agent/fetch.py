@@ -10,6 +10,10 @@ Invariants:
   rate must stay above ``min_bytes_per_second``.
 - ``progress`` (optional) is called with the bytes of the blob on disk so far, a resumed
   partial file included: once at the start, after each chunk, and with ``size`` at the end.
+
+``fetch_blob`` fetches over gRPC (``AgentGateway.FetchArtifact``); ``agent.fetch_https`` over the
+control plane's HTTPS artifact port. Both keep these invariants with the shared steps below:
+``stored_blob``, ``resume_part``, ``check_throughput`` and ``finish_part``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,80 @@ class FetchResult:
     resumed_from: int
 
 
+@dataclass
+class PartialBlob:
+    """A download in progress: its part file, the bytes already in it, and their running sha256."""
+
+    path: Path
+    offset: int
+    digest: hashlib._Hash
+
+
+# --- the steps every transport shares ---------------------------------------------------------------
+
+
+def stored_blob(sha256: str, size: int, directory: Path, progress: Callable[[int], None] | None) -> FetchResult | None:
+    """The blob's result if it is already whole under its final name (``progress`` is told ``size``), else None."""
+    final = directory / sha256
+    if not final.exists():
+        return None
+    if progress is not None:
+        progress(size)
+    return FetchResult(final, 0, size)
+
+
+async def resume_part(sha256: str, size: int, directory: Path, progress: Callable[[int], None] | None) -> PartialBlob:
+    """Open the download of ``sha256``: the part file's bytes are kept (a part longer than ``size`` is
+    discarded), ``progress`` is told how many, and they are hashed once, in a worker thread."""
+    directory.mkdir(parents=True, exist_ok=True)
+    part = directory / f"{sha256}.part"
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > size:
+        part.unlink()
+        offset = 0
+    if progress is not None:
+        progress(offset)
+    digest = await asyncio.to_thread(_sha256_prefix, part) if offset else hashlib.sha256()
+    return PartialBlob(part, offset, digest)
+
+
+def stall_error(sha256: str, policy: FetchPolicy) -> FetchError:
+    return FetchError(
+        f"download of {sha256[:12]} stalled: no data for {policy.stall_seconds:g} s",
+        retryable=True,
+    )
+
+
+def oversize_error(sha256: str, size: int) -> FetchError:
+    return FetchError(f"server sent more than the manifest's {size} bytes for {sha256[:12]}: refused", retryable=False)
+
+
+def check_throughput(sha256: str, received: int, elapsed: float, policy: FetchPolicy) -> None:
+    """Raise ``FetchError`` (retryable) if, past the grace period, the average rate is under the policy's minimum."""
+    if elapsed > policy.throughput_grace_seconds and received / elapsed < policy.min_bytes_per_second:
+        raise FetchError(
+            f"download of {sha256[:12]} too slow: {received / elapsed:.0f} B/s < {policy.min_bytes_per_second:.0f} B/s",
+            retryable=True,
+        )
+
+
+def finish_part(partial: PartialBlob, sha256: str, size: int, directory: Path) -> Path:
+    """Check the (synced) part file's size and hash, and rename it to its final name, which is returned.
+
+    Raises ``FetchError`` (retryable): short (the part is kept for a resume), or bytes that do not hash
+    to ``sha256`` (the part is deleted).
+    """
+    if partial.offset != size:
+        raise FetchError(f"download of {sha256[:12]} ended at {partial.offset} of {size} bytes", retryable=True)
+    actual = partial.digest.hexdigest()
+    if actual != sha256:
+        partial.path.unlink()
+        raise FetchError(f"downloaded bytes hash to {actual[:12]}, not {sha256[:12]}: discarded", retryable=True)
+    final = directory / sha256
+    os.replace(partial.path, final)
+    return final
+
+
 def _flush_and_sync(out) -> None:
     out.flush()
     os.fsync(out.fileno())
@@ -74,6 +152,9 @@ def _sha256_prefix(path: Path) -> hashlib._Hash:
     return digest
 
 
+# --- over gRPC ---------------------------------------------------------------------------------------
+
+
 async def fetch_blob(
     stub: agent_pb2_grpc.AgentGatewayStub,
     sha256: str,
@@ -84,22 +165,12 @@ async def fetch_blob(
     progress: Callable[[int], None] | None = None,
 ) -> FetchResult:
     """Fetch blob sha256 of exactly size bytes into directory. Raises FetchError."""
-    final = directory / sha256
-    if final.exists():
-        if progress is not None:
-            progress(size)
-        return FetchResult(final, 0, size)
-    directory.mkdir(parents=True, exist_ok=True)
-    part = directory / f"{sha256}.part"
-    offset = part.stat().st_size if part.exists() else 0
-    if offset > size:
-        part.unlink()
-        offset = 0
-    resumed_from = offset
-    if progress is not None:
-        progress(offset)
+    if (stored := stored_blob(sha256, size, directory, progress)) is not None:
+        return stored
     # The hash runs as bytes arrive; on a resume, the partial file is hashed once first.
-    digest = await asyncio.to_thread(_sha256_prefix, part) if offset else hashlib.sha256()
+    partial = await resume_part(sha256, size, directory, progress)
+    part, digest = partial.path, partial.digest
+    resumed_from = offset = partial.offset
     started = time.monotonic()
     received = 0
     if offset < size:
@@ -121,19 +192,13 @@ async def fetch_blob(
                         except StopAsyncIteration:
                             break
                         except TimeoutError as exc:
-                            raise FetchError(
-                                f"download of {sha256[:12]} stalled: no data for {policy.stall_seconds:.0f} s",
-                                retryable=True,
-                            ) from exc
+                            raise stall_error(sha256, policy) from exc
                         if chunk.offset != offset:
                             raise FetchError(f"server sent offset {chunk.offset}, expected {offset}", retryable=True)
                         data = chunk.data  # each access of a bytes field copies it: once
                         del chunk
                         if offset + len(data) > size:
-                            raise FetchError(
-                                f"server sent more than the manifest's {size} bytes for {sha256[:12]}: refused",
-                                retryable=False,
-                            )
+                            raise oversize_error(sha256, size)
                         if writing is not None:
                             await asyncio.shield(writing)  # cancelled, the finally below still waits for it
                         writing = loop.run_in_executor(None, _write_and_hash, out, digest, data)
@@ -142,16 +207,7 @@ async def fetch_blob(
                         del data
                         if progress is not None:
                             progress(offset)
-                        elapsed = time.monotonic() - started
-                        if (
-                            elapsed > policy.throughput_grace_seconds
-                            and received / elapsed < policy.min_bytes_per_second
-                        ):
-                            raise FetchError(
-                                f"download of {sha256[:12]} too slow: {received / elapsed:.0f} B/s "
-                                f"< {policy.min_bytes_per_second:.0f} B/s",
-                                retryable=True,
-                            )
+                        check_throughput(sha256, received, time.monotonic() - started, policy)
                     if writing is not None:
                         await asyncio.shield(writing)
                         writing = None
@@ -165,11 +221,6 @@ async def fetch_blob(
             raise FetchError(f"download of {sha256[:12]} failed: {exc.details()}", retryable=retryable) from exc
         finally:
             call.cancel()
-    if offset != size:
-        raise FetchError(f"download of {sha256[:12]} ended at {offset} of {size} bytes", retryable=True)
-    actual = digest.hexdigest()
-    if actual != sha256:
-        part.unlink()
-        raise FetchError(f"downloaded bytes hash to {actual[:12]}, not {sha256[:12]}: discarded", retryable=True)
-    os.replace(part, final)
+    partial.offset = offset
+    final = finish_part(partial, sha256, size, directory)
     return FetchResult(final, received, resumed_from)

@@ -1,8 +1,8 @@
 """The agent's session with its control plane over MQTT 5, through the fleet's broker.
 
 The same interface as ``agent.session.Session`` (``run()``, ``stop()``, ``send()``, ``state``,
-``boot_id``, the ``on_desired`` / ``on_message`` / ``on_connected`` callbacks), so the daemon
-can use either. Topics and payload rules are ``protos.mqtt``'s: the agent subscribes to its own
+``boot_id``, the ``on_desired`` / ``on_message`` / ``on_welcome`` / ``on_connected`` callbacks), so the
+daemon can use either. Topics and payload rules are ``protos.mqtt``'s: the agent subscribes to its own
 ``.../down/#`` and publishes ``AgentMessage``s on ``.../up/<body kind>``.
 
 At each connect the agent subscribes (QoS 1), then publishes ``up/presence`` ``online``
@@ -111,6 +111,7 @@ class MqttSession:
         on_desired: Callable[[agent_pb2.DesiredState], None] | None = None,
         on_message: Callable[[agent_pb2.ControlMessage], None] | None = None,
         on_connected: Callable[[], None] | None = None,
+        on_welcome: Callable[[agent_pb2.Welcome], None] | None = None,
     ) -> None:
         """``url`` overrides the broker URL stored at join. For ``mqtts://``, the broker's certificate must chain to
         ``ca_file`` when given (``mqtt_ca_file``), else to the CA pinned at enrollment or a system CA. Raises
@@ -150,6 +151,7 @@ class MqttSession:
         self._on_desired = on_desired
         self._on_message = on_message
         self._on_connected = on_connected
+        self._on_welcome = on_welcome  # called with each Welcome, before on_connected
         self._stop = asyncio.Event()
         self._client: paho.Client | None = None
         self._events: asyncio.Queue[tuple[Any, ...]] | None = None
@@ -437,6 +439,8 @@ class MqttSession:
             if not self._interval_configured and interval:
                 self._interval = interval
             log.info("welcomed as %s in fleet %s", message.welcome.device_id, message.welcome.fleet)
+            if self._on_welcome is not None:
+                self._on_welcome(message.welcome)
             if self._on_connected is not None:
                 self._on_connected()  # a new control-plane session: the telemetry outbox resends what is unacked
         elif kind == "desired":

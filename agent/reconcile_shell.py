@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -50,6 +51,7 @@ import grpc
 from agent import reconcile_events as ev
 from agent.acceptance import run_acceptance
 from agent.fetch import FetchError, FetchResult, fetch_blob
+from agent.fetch_https import ArtifactPortUnavailable, HttpsEndpoint, fetch_blob_https
 from agent.reconcile_state import (
     Phase,
     ReconcileState,
@@ -95,11 +97,45 @@ class ArtifactSource(Protocol):
 
 
 class GatewaySource:
-    """``ArtifactSource`` over the control plane's ``AgentGateway``; maps gRPC errors to ``FetchError``."""
+    """``ArtifactSource`` over the control plane's ``AgentGateway``; maps gRPC errors to ``FetchError``.
 
-    def __init__(self, stub: agent_pb2_grpc.AgentGatewayStub, *, timeout_seconds: float = MANIFEST_TIMEOUT_SECONDS):
+    Blobs come over the HTTPS artifact port once the control plane announces one (``use_https``, from the
+    Welcome), else over gRPC ``FetchArtifact``. When the HTTPS attempt gets no response at all (refused,
+    unreachable, TLS handshake failed, timeout), that call fetches over gRPC instead, resuming from
+    whatever is in the part file (logged once per endpoint); an HTTP error status is the answer, no fallback.
+    """
+
+    def __init__(
+        self,
+        stub: agent_pb2_grpc.AgentGatewayStub,
+        *,
+        timeout_seconds: float = MANIFEST_TIMEOUT_SECONDS,
+        https: HttpsEndpoint | None = None,
+    ):
+        """``https``: the artifact listener's host, TLS name and client context (``device_https_endpoint``); its
+        port comes from ``use_https``. Without it, blobs always come over gRPC."""
         self.stub = stub
         self.timeout_seconds = timeout_seconds
+        self._https_base = https
+        self.https: HttpsEndpoint | None = None  # where blobs come from now; None: gRPC
+        self._warned: set[str] = set()  # endpoints found unreachable, logged once each
+        self._warned_no_tls = False
+
+    def use_https(self, port: int) -> None:
+        """Fetch blobs over the HTTPS artifact port ``port`` from now on; 0: over gRPC."""
+        if not port:
+            self.https = None
+        elif self._https_base is None:
+            if not self._warned_no_tls:
+                self._warned_no_tls = True
+                log.warning(
+                    "the control plane offers HTTPS artifact port %d, but this agent has no TLS "
+                    "material for it; fetching over gRPC",
+                    port,
+                )
+        elif self.https is None or self.https.port != port:
+            self.https = dataclasses.replace(self._https_base, port=port)
+            log.info("fetching artifacts over HTTPS from %s", self.https)
 
     async def fetch_manifest(self, ref: common_pb2.ModelRef) -> bytes:
         try:
@@ -114,6 +150,14 @@ class GatewaySource:
     async def fetch_blob(
         self, sha256: str, size: int, directory: Path, *, progress: Callable[[int], None] | None = None
     ) -> FetchResult:
+        endpoint = self.https
+        if endpoint is not None:
+            try:
+                return await fetch_blob_https(endpoint, sha256, size, directory, progress=progress)
+            except ArtifactPortUnavailable as exc:
+                if str(endpoint) not in self._warned:
+                    self._warned.add(str(endpoint))
+                    log.warning("HTTPS artifact port %s unreachable (%s); fetching over gRPC", endpoint, exc)
         return await fetch_blob(self.stub, sha256, size, directory, progress=progress)
 
 

@@ -3,7 +3,8 @@
 At connect the agent sends Hello and its facts, then a heartbeat every
 interval; facts are re-sent when a stable fact changes. The control plane
 answers with Welcome, desired state, jobs and, when the device is revoked, a
-Disconnect that ends the agent for good.
+Disconnect that ends the agent for good. Each Welcome is handed to
+``on_welcome`` (its artifact port, for one), then ``on_connected`` runs.
 
 Invariants: every wait has a timeout; the reconnect loop uses capped
 exponential backoff with full jitter (agent.backoff) and resets after a
@@ -78,6 +79,7 @@ class Session:
         on_desired: Callable[[agent_pb2.DesiredState], None] | None = None,
         on_message: Callable[[agent_pb2.ControlMessage], None] | None = None,
         on_connected: Callable[[], None] | None = None,
+        on_welcome: Callable[[agent_pb2.Welcome], None] | None = None,
     ) -> None:
         self.identity = identity
         self.boot_id = secrets.token_hex(8)
@@ -91,6 +93,7 @@ class Session:
         self._on_desired = on_desired
         self._on_message = on_message
         self._on_connected = on_connected
+        self._on_welcome = on_welcome  # called with each Welcome, before on_connected
         # Messages other parts of the agent send (status reports, telemetry). Only sent
         # while a session is open; whoever needs durability keeps its own copy (outbox).
         self._outbound: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue(maxsize=1024)
@@ -170,6 +173,8 @@ class Session:
                     self._interval = interval
                     self._wake.set()
                 log.info("session open as %s in fleet %s", message.welcome.device_id, message.welcome.fleet)
+                if self._on_welcome is not None:
+                    self._on_welcome(message.welcome)
                 if self._on_connected is not None:
                     self._on_connected()
             elif kind == "desired":

@@ -1,17 +1,21 @@
 """Artifact download throughput and resume, measured side by side in one run.
 
-- edgefleet: ``agent.fetch.fetch_blob`` downloads a blob of ``--mib`` MiB (random bytes) from a
-  real control plane (``edgefleet server`` subprocess) over the mutual-TLS device port, with
-  the agent's checks (offsets, size cap, sha256 over the whole file, fsync, atomic rename);
+- edgefleet: ``agent.fetch_https.fetch_blob_https`` downloads a blob of ``--mib`` MiB (random
+  bytes) from a real control plane (``edgefleet server`` subprocess) over its HTTPS artifact port
+  (mutual TLS), with the agent's checks (size cap, sha256 over the whole file, fsync, atomic
+  rename): what an agent does when the control plane announces the port (the default);
+- edgefleet over gRPC: ``agent.fetch.fetch_blob`` over the device port's ``FetchArtifact``, the
+  fallback (HTTPS port off or unreachable);
 - raw: the same bytes copied over a plain loopback TCP socket into a file (no TLS, no
   framing, no hashing) — the ceiling on this machine;
-- resume: a download cut at about half, then resumed: bytes transferred by the second
-  attempt vs the blob's size;
+- resume: an HTTPS download cancelled at about half, then resumed: bytes transferred by the
+  second attempt vs the blob's size;
 - the bare gRPC ceiling: two bare ``grpc.aio`` processes streaming the same 1 MiB chunks from
   memory into nothing, plaintext and TLS: what any gRPC download can reach here.
 
-Downloads are timed on an open channel (TCP and TLS handshakes done), as an agent's session
-channel is when it fetches.
+gRPC downloads are timed on an open channel (TCP and TLS handshakes done), as an agent's session
+channel is when it fetches; an HTTPS download opens its own connection, and its time includes the
+TCP and TLS handshakes.
 
 Goal (issue "ship a model"): edgefleet ≥ 50% of raw; the resume transfers only the rest.
 Rerun: ``.venv/bin/python scripts/bench/artifact.py [--mib 100]``.
@@ -186,6 +190,8 @@ def main() -> int:
     from agent.enroll import enroll
     from agent.facts import collect_facts
     from agent.fetch import FetchError, FetchPolicy, fetch_blob
+    from agent.fetch_https import device_https_endpoint, fetch_blob_https
+    from agent.identity import identity_dir
     from controlplane.cli.models import push_bundle
     from protos.bundle_io import load_public_key, write_key_pair
     from protos.edgefleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
@@ -253,6 +259,8 @@ def main() -> int:
                     return Cut()
 
             timed: list[float] = []
+            folder = identity_dir(tmp_path / "dev")
+            endpoint = device_https_endpoint(ident, folder, server.artifact_port)
 
             async def fetch(directory: Path, cut_at: float | None = None):
                 # An agent fetches over the channel its session holds open: connect (TCP, TLS) first, then time.
@@ -271,23 +279,44 @@ def main() -> int:
                         return None
                     raise SystemExit("the cut download did not stop")
 
+            async def fetch_https(directory: Path, cut_at: float | None = None):
+                if cut_at is None:
+                    started = time.perf_counter()
+                    result = await fetch_blob_https(endpoint, sha, size, directory)
+                    timed.append(time.perf_counter() - started)
+                    return result
+                # Cancelled once half the blob is on disk, as a changed desired state or a stop would.
+                task = asyncio.current_task()
+
+                def progress(done: int) -> None:
+                    if done >= size * cut_at:
+                        task.cancel()
+
+                try:
+                    await fetch_blob_https(endpoint, sha, size, directory, progress=progress)
+                except asyncio.CancelledError:
+                    return None
+                raise SystemExit("the cancelled download did not stop")
+
             # Each measurement starts with no dirty pages, so the kernel's writeback throttling
             # (left over from writing the bundle and the upload) hits neither side.
             raw_source = tmp_path / "raw-source.bin"
             raw_source.write_bytes(payload)
-            # Rounds of (raw copy, fetch), interleaved and each from clean pages: this VM's disk
-            # varies a lot from one write to the next, so medians of side-by-side runs are compared.
-            fetch_runs, raw_runs = [], []
+            # Rounds of (raw copy, HTTPS fetch, gRPC fetch), interleaved and each from clean pages: this
+            # VM's disk varies a lot from one write to the next, so medians of side-by-side runs are compared.
+            fetch_runs, grpc_runs, raw_runs = [], [], []
             for round_ in range(opts.rounds):
                 os.sync()
                 raw_runs.append(raw_copy(raw_source, tmp_path / f"raw-{round_}.bin", use_sendfile=False))
                 (tmp_path / f"raw-{round_}.bin").unlink()
-                os.sync()
-                result = asyncio.run(fetch(tmp_path / f"full-{round_}"))
-                fetch_runs.append(timed.pop())
-                assert result.bytes_transferred == size
-                result.path.unlink()
+                for runs, how in ((fetch_runs, fetch_https), (grpc_runs, fetch)):
+                    os.sync()
+                    result = asyncio.run(how(tmp_path / f"full-{round_}"))
+                    runs.append(timed.pop())
+                    assert result.bytes_transferred == size
+                    result.path.unlink()
             fetch_seconds = sorted(fetch_runs)[len(fetch_runs) // 2]
+            grpc_seconds = sorted(grpc_runs)[len(grpc_runs) // 2]
             raw_seconds = sorted(raw_runs)[len(raw_runs) // 2]
 
             async def discard() -> float:
@@ -310,9 +339,10 @@ def main() -> int:
 
             os.sync()
             cut = tmp_path / "cut"
-            asyncio.run(fetch(cut, cut_at=0.5))
+            asyncio.run(fetch_https(cut, cut_at=0.5))
             partial = (cut / f"{sha}.part").stat().st_size
-            resumed = asyncio.run(fetch(cut))
+            resumed = asyncio.run(fetch_https(cut))
+            timed.pop()
         finally:
             stop_server(server)
 
@@ -327,6 +357,10 @@ def main() -> int:
         "ratio": mib_s / raw_mib_s,
         "fetch_runs_seconds": fetch_runs,
         "raw_runs_seconds": raw_runs,
+        "grpc_seconds": grpc_seconds,
+        "grpc_mib_per_s": size / 2**20 / grpc_seconds,
+        "grpc_ratio": raw_seconds / grpc_seconds,
+        "grpc_runs_seconds": grpc_runs,
         "stream_only_mib_per_s": size / 2**20 / discard_seconds,
         "sendfile_loopback_mib_per_s": size / 2**20 / sendfile_seconds,
         "grpc_ceiling_plain_mib_per_s": ceiling_plain,
@@ -339,10 +373,17 @@ def main() -> int:
         "cores": os.cpu_count(),
     }
     print(f"blob                  {opts.mib} MiB of random bytes")
-    print(f"rounds                {opts.rounds} of (raw copy, fetch) interleaved; medians below")
-    print(f"edgefleet fetch_blob  {fetch_seconds:.2f} s = {mib_s:.0f} MiB/s (mTLS gRPC, sha256, fsync)")
+    print(f"rounds                {opts.rounds} of (raw copy, HTTPS fetch, gRPC fetch) interleaved; medians below")
     print(
-        f"stream only (discard) {discard_seconds:.2f} s = {size / 2**20 / discard_seconds:.0f} MiB/s (no disk, no hash)"
+        f"edgefleet HTTPS       {fetch_seconds:.2f} s = {mib_s:.0f} MiB/s (fetch_blob_https: mTLS, handshake "
+        "included, sha256, fsync)"
+    )
+    print(
+        f"edgefleet gRPC        {grpc_seconds:.2f} s = {size / 2**20 / grpc_seconds:.0f} MiB/s "
+        f"(fetch_blob over FetchArtifact, the fallback) = {raw_seconds / grpc_seconds:.0%} of raw"
+    )
+    print(
+        f"gRPC stream (discard) {discard_seconds:.2f} s = {size / 2**20 / discard_seconds:.0f} MiB/s (no disk, no hash)"
     )
     print(f"raw loopback copy     {raw_seconds:.2f} s = {raw_mib_s:.0f} MiB/s (plain TCP read/send loop, fsync)")
     print(
@@ -356,9 +397,9 @@ def main() -> int:
         f"fsync {local_ms['fsync']:.0f} ms for the whole blob, each alone, in 1 MiB pieces (median of 3)"
     )
     verdict = "met" if mib_s / raw_mib_s >= 0.5 else "NOT met"
-    print(f"ratio                 {mib_s / raw_mib_s:.0%} of raw; goal >= 50%: {verdict}")
+    print(f"ratio                 HTTPS {mib_s / raw_mib_s:.0%} of raw; goal >= 50%: {verdict}")
     print(
-        f"resume                cut at {partial / size:.0%} ({partial} B); the resumed attempt transferred "
+        f"resume (HTTPS)        cancelled at {partial / size:.0%} ({partial} B); the resumed attempt transferred "
         f"{resumed.bytes_transferred} B = {resumed.bytes_transferred / size:.0%} of the blob "
         f"(exactly the rest: {'yes' if resumed.bytes_transferred == size - partial else 'NO'})"
     )

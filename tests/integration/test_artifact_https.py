@@ -23,8 +23,8 @@ from protos.edgefleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
 from protos.join import parse_join_string
 from protos.limits import TLS_SERVER_NAME
 from tests.integration.conftest import server_config
-from tests.integration.harness import ServerThread
-from tests.integration.shipping import deploy, publish, register_key
+from tests.integration.harness import ServerThread, wait_for
+from tests.integration.shipping import LocalClient, deploy, publish, register_key
 
 SIZE = 3 * 2**20 + 17  # more than one 1 MiB chunk, not a multiple of it
 
@@ -214,3 +214,21 @@ def test_parse_request_is_pure_and_strict():
     for bad in (f"GET /v1/artifacts/{sha}?x=1 HTTP/1.1", f"GET  /v1/artifacts/{sha} HTTP/1.1", "GET / HTTP/2"):
         with pytest.raises(HttpError):
             parse_request(bad.encode())
+
+
+def test_an_agent_whose_https_port_is_gone_installs_over_grpc(cp_sqlite, agents, tmp_path):
+    """The port was announced, then stopped answering (a firewall, a listener down): the download falls back."""
+    key = register_key(cp_sqlite, tmp_path)
+    publish(cp_sqlite, key, tmp_path, version=1)
+    agent = agents("gw", "--trust", f"{key}.pub", "--heartbeat-seconds", "0.5", join=cp_sqlite.join_string(),
+                   device_id="gw-1")  # fmt: skip
+    wait_for(lambda: cp_sqlite.is_online("gw-1"), what="gw-1 online")
+    cp_sqlite.running.artifacts.stop()  # connections to the announced port are now refused
+    deploy(cp_sqlite, "gw-1", version=1)
+    client = LocalClient(tmp_path / "gw")
+    try:
+        wait_for(lambda: client.serving_version() == 1, what="v1 serving, fetched over gRPC")
+    finally:
+        client.close()
+    assert cp_sqlite.running.artifacts.served == 0
+    assert "fetching over gRPC" in agent.output()

@@ -35,6 +35,7 @@ def test_requests_served_on_the_device_are_counted_once_in_the_fleet_telemetry(c
     client = LocalClient(tmp_path / "gw")
     try:
         wait_for(lambda: client.serving_version() == 1, what="v1 serving")
+        assert cp.running.artifacts.served >= 1  # the model's files came over the HTTPS artifact port
         for _ in range(20):
             assert client.infer()[0] == 1
         assert first.terminate() == 0  # the minute in progress is spooled on the way out

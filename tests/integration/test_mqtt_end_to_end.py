@@ -50,6 +50,7 @@ def test_an_agent_on_mqtt_alone_joins_installs_serves_and_reports(cp_mqtt, agent
     client = LocalClient(tmp_path / "gw")
     try:
         wait_for(lambda: client.serving_version() == 1, timeout=60, what="v1 serving")
+        assert cp.running.artifacts.served >= 1  # the Welcome over MQTT announced the HTTPS artifact port
         for _ in range(25):
             assert client.infer()[0] == 1
     finally:
