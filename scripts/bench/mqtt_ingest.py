@@ -4,7 +4,7 @@ What runs. A private Mosquitto (``mosquitto -c``, a free port on 127.0.0.1, anon
 ``max_queued_messages 100000``) and a control plane as its own process (``edgefleet server --mqtt
 mqtt://127.0.0.1:<port>``, SQLite in a temp dir) start. N devices (default 100) enroll for real
 (``agent.enroll.enroll``, one single-use join token each) in a few worker processes; each worker then
-plays its devices in three phases, one after another, each started at one "go" from the parent:
+plays its devices in four phases, one after another, each started at one "go" from the parent:
 
 (a) raw: every device is a paho-mqtt 2 client (MQTT 5) that publishes its batches, QoS 1, as fast as
     paho lets it (paho's default of 20 QoS 1 messages in flight per client), ``--raw-rounds`` times over
@@ -12,6 +12,16 @@ plays its devices in three phases, one after another, each started at one "go" f
     ``bench-raw/<fleet>/<device>/up/telemetry``; one paho client in the parent, subscribed QoS 1 to
     ``bench-raw/#`` (as the bridge subscribes to ``edgefleet/v1/+/+/up/#``), counts what arrives. Nothing
     stores or answers: this is the broker's and paho's ceiling on this machine for these payloads.
+(a2) ack floor: the devices run (b)'s windowed protocol, with (b)'s code (below: the same bytes, the
+    same ``--window``, each ack releases the next batch), on ``bench-floor/<fleet>/<device>/up/telemetry``,
+    without hello or presence. A bare responder process takes the server's place: one paho-mqtt 2 client
+    set up as the bridge's (MQTT 5, QoS 1, ``loop_start`` network thread), subscribed QoS 1 to
+    ``bench-floor/+/+/up/#``, which on paho's callback thread parses each payload as an ``AgentMessage``
+    and publishes ``ControlMessage(telemetry_ack=TelemetryAck(boot_id, sequence))`` QoS 1 to the device's
+    ``bench-floor/.../down/telemetry_ack``; nothing else (no event loop, no session, no store). As in
+    (b), the broker moves two messages per batch and one Python paho client receives one and publishes
+    one per batch: this is the most a control plane that acks each batch through paho can reach on this
+    machine, before any hand-off to an event loop, any device or session check and any storing.
 (b) MQTT ingest: the same clients subscribe to their ``down/#``, publish ``up/presence`` online and
     ``up/hello`` (again every 2 s until a Welcome), then publish the same bytes to
     ``edgefleet/v1/<fleet>/<device>/up/telemetry``, keeping at most ``--window`` batches unacked: each
@@ -25,23 +35,28 @@ A telemetry point is one ``ModelMinute`` in a ``TelemetryBatch`` (one model's ag
 request count, latency histogram, confidence). Each batch holds ``--minutes`` minutes (default 5) of
 ``--models`` models (default 4): 20 points, 10 requests each (10 latency samples in the histogram). Each
 device sends ``--batches`` batches (default 20) per phase: 100 x 20 x 20 = 40,000 points per phase.
-Payloads: (a) and (b) publish byte-identical ``AgentMessage(telemetry=...)`` payloads; (c) sends the
+Payloads: (a), (a2) and (b) publish byte-identical ``AgentMessage(telemetry=...)`` payloads; (c) sends the
 same batches with another boot id and minutes shifted by the phase (same sizes), so that each phase
 writes new (device, minute, model) rows in the store instead of merging into (b)'s rows.
 
 Printed, a table on stdout then one JSON line (also written to ``--json-out``):
 
 - points/s for each phase: points / (last ack, or last message received for (a), minus "go");
-- MQTT ingest as a % of raw (goal >= 50%: met / not met), and gRPC as a % of raw;
+- MQTT ingest as a % of raw (goal >= 50%: met / not met), and gRPC as a % of raw; the ack floor as a %
+  of raw (what acking each batch through one paho client costs by itself) and MQTT ingest as a % of the
+  ack floor (how close (b) comes to what any such control plane could do here);
 - control-plane CPU (utime+stime of the server process, all threads, from /proc) per 1,000 points
-  for (b) and (c), and the broker's CPU over each phase;
-- batch ack latency p50 / p95 for (b) and (c): send to ack, so it includes queueing behind the window;
+  for (b) and (c), the responder's for (a2), and the broker's CPU over each phase;
+- batch ack latency p50 / p95 for (a2), (b) and (c): send to ack, so it includes queueing behind the window;
+- the acked-once check of (a2): the responder received every batch once and published one ack for each,
+  every device got exactly its acks (none for a batch not in flight);
 - the stored check: ``Admin.QueryLatency`` request totals per model, read before and after (b) and (c),
   must grow by exactly points x 10 (every point stored once), with no duplicate acks;
 - control-plane RSS at idle and at the end, worker CPU, server log lines at --log-level warning.
 
-The machine is small and shared: the broker, the control plane, the agent workers and the raw
-subscriber compete for the same cores, so the numbers are what this machine did, not a capacity claim.
+The machine is small and shared: the broker, the control plane, the agent workers, the raw subscriber
+and the floor's responder compete for the same cores, so the numbers are what this machine did, not a
+capacity claim.
 
 Rerun (from the repository root):
 
@@ -49,9 +64,10 @@ Rerun (from the repository root):
     .venv/bin/python scripts/bench/mqtt_ingest.py --quick         # 20 devices, 10 batches each
     .venv/bin/python scripts/bench/mqtt_ingest.py --devices 200 --batches 50 --json-out out.json
 
-Exit status: 0 when every phase completed and every point was stored exactly once; 1 when a phase fell
-short (or the totals do not match); 2 if the set-up failed; 130 on Ctrl-C. The broker, the server and the
-workers are stopped and the temp dir removed on every exit, Ctrl-C and SIGTERM included.
+Exit status: 0 when every phase completed, every (a2) batch was acked once and every point was stored
+exactly once; 1 when a phase fell short (or the totals do not match); 2 if the set-up failed; 130 on
+Ctrl-C. The broker, the server, the responder and the workers are stopped and the temp dir removed on
+every exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -100,6 +116,8 @@ from benchkit import (
 
 FLEET = "bench"
 RAW_PREFIX = "bench-raw"
+FLOOR_PREFIX = "bench-floor"
+BENCH_PREFIXES = {"raw": RAW_PREFIX, "floor": FLOOR_PREFIX}  # the MQTT phases outside the bridge's layout
 BOOT_IDS = {"mqtt": "boot-mqtt", "grpc": "boot-grpc"}  # same length: same payload sizes
 PHASE_OFFSET = {"raw": 0, "mqtt": 0, "grpc": 1}  # raw publishes (b)'s bytes
 REQUESTS_PER_POINT = 10
@@ -109,7 +127,8 @@ WORKER_READY_TIMEOUT_SECONDS = 60.0
 RPC_TIMEOUT_SECONDS = 30.0
 WORKER_REPLY_TIMEOUT_SECONDS = 60.0
 HELLO_RETRY_SECONDS = 2.0
-PHASES = ("raw", "mqtt", "grpc")
+PHASES = ("raw", "floor", "mqtt", "grpc")
+RESPONDER_READY_TIMEOUT_SECONDS = 60.0
 
 
 # --- payloads ----------------------------------------------------------------------------
@@ -189,59 +208,69 @@ class WorkerSpec:
     phase_timeout_seconds: float
 
 
-class MqttDevice:
-    """One device's paho client. Raw: publish everything. Ingest: hello, then a window of unacked batches."""
+def device_root(phase: str, device_id: str) -> str:
+    """The topic root of ``device_id`` in an MQTT phase (``<root>/up/<kind>``, ``<root>/down/<kind>``): the
+    bridge's layout (``protos.mqtt``) for (b); the same levels under a bench prefix, out of the bridge's
+    subscription, for (a) and (a2)."""
+    from protos import mqtt
 
-    def __init__(self, device_id: str, port: int, payloads: list[bytes], window: int, *, ingest: bool) -> None:
+    if phase == "mqtt":
+        return mqtt.device_root(FLEET, device_id)
+    return f"{BENCH_PREFIXES[phase]}/{FLEET}/{device_id}"
+
+
+class MqttDevice:
+    """One device's paho client. Raw: publish everything. Floor and ingest: a window of unacked batches, each
+    ack releasing the next; ingest says hello first (and keeps a presence), the floor's responder needs none."""
+
+    def __init__(self, device_id: str, port: int, payloads: list[bytes], window: int, *, phase: str) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
         from protos import mqtt
 
-        self.device_id, self.payloads, self.window, self.ingest = device_id, payloads, window, ingest
+        self.device_id, self.payloads, self.window = device_id, payloads, window
+        self.windowed, self.session = phase != "raw", phase == "mqtt"
         self.lock = threading.Lock()
-        self.connected, self.welcomed, self.done = threading.Event(), threading.Event(), threading.Event()
+        self.connected, self.subscribed = threading.Event(), threading.Event()
+        self.welcomed, self.done = threading.Event(), threading.Event()
         self.next_index = 0
         self.sent_at: dict[int, float] = {}
         self.latencies: list[float] = []
-        self.acked = self.duplicates = self.published = 0
+        self.acked = self.duplicates = self.published = self.stray_acks = 0
         self.first_send = self.last_ack = 0.0
         self.errors: list[str] = []
-        if ingest:
-            self.topic = mqtt.up(FLEET, device_id, "telemetry")
-            self.ack_topic = mqtt.down(FLEET, device_id, "telemetry_ack")
-            self.welcome_topic = mqtt.down(FLEET, device_id, "welcome")
-        else:
-            self.topic = f"{RAW_PREFIX}/{FLEET}/{device_id}/up/telemetry"
-            self.ack_topic = self.welcome_topic = ""
+        self.root = device_root(phase, device_id)
+        self.topic = f"{self.root}/up/telemetry"
+        self.ack_topic = f"{self.root}/down/telemetry_ack" if self.windowed else ""
+        self.welcome_topic = f"{self.root}/down/welcome" if self.session else ""
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=f"{device_id}-{time.monotonic_ns()}", protocol=paho.MQTTv5
         )
         client.max_queued_messages_set(0)  # unlimited: raw publishes everything at once
-        if ingest:
+        if self.session:
             client.will_set(mqtt.up(FLEET, device_id, "presence"), mqtt.PRESENCE_OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = lambda *_: self.subscribed.set()
         self.client = client
         client.connect("127.0.0.1", port, keepalive=60)
         client.loop_start()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        from protos import mqtt
-
         if reason_code.is_failure:
             self.errors.append(f"connect refused: {reason_code}")
             return
-        if self.ingest:
-            client.subscribe(mqtt.device_subscription(FLEET, self.device_id), qos=1)
+        if self.windowed:  # its own down subtree, as an agent subscribes
+            client.subscribe(f"{self.root}/down/#", qos=1)
         self.connected.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # Only paho's thread calls this, holding paho's own locks: taking self.lock here could deadlock
         # with a thread that holds self.lock and waits in publish() for paho's locks.
         self.published += 1
-        if not self.ingest and self.published >= len(self.payloads):
+        if not self.windowed and self.published >= len(self.payloads):
             self.last_ack = time.monotonic()
             self.done.set()
 
@@ -264,6 +293,7 @@ class MqttDevice:
         with self.lock:
             sent = self.sent_at.pop(ack.sequence, None)
             if sent is None:
+                self.stray_acks += 1
                 self.errors.append(f"ack for a batch not in flight: {ack.sequence}")
                 return
             self.latencies.append(now - sent)
@@ -296,7 +326,7 @@ class MqttDevice:
         )
 
     def start(self) -> None:
-        """Ingest: publish the first window of batches; each ack then publishes the next."""
+        """Floor and ingest: publish the first window of batches; each ack then publishes the next."""
         self.first_send = time.monotonic()
         for _ in range(self.window):
             with self.lock:
@@ -308,7 +338,7 @@ class MqttDevice:
     def close(self) -> None:
         from protos import mqtt
 
-        if self.ingest:
+        if self.session:
             with contextlib.suppress(Exception):
                 info = self.client.publish(
                     mqtt.up(FLEET, self.device_id, "presence"), mqtt.PRESENCE_OFFLINE, qos=1, retain=True
@@ -430,7 +460,7 @@ async def _worker(
         if command[0] == "stop":
             break
         phase = command[1]
-        if phase in ("raw", "mqtt"):
+        if phase in ("raw", "floor", "mqtt"):
             result = await _mqtt_phase(spec, conn, inbox, phase, enrolled, raw_bytes)
         else:
             result = await _grpc_phase(spec, conn, inbox, enrolled, identities, payloads["grpc"])
@@ -448,6 +478,7 @@ def _summary(devices, phase: str, points_per_batch: int, cpu_before: float, expe
         "batches_acked": acked,
         "points_acked": acked * points_per_batch,
         "duplicates": sum(getattr(d, "duplicates", 0) for d in devices),
+        "stray_acks": sum(getattr(d, "stray_acks", 0) for d in devices),
         "first_send": min((d.first_send for d in devices if d.first_send), default=0.0),
         "last_ack": max((d.last_ack for d in devices), default=0.0),
         "latencies": [x for d in devices for x in getattr(d, "latencies", [])],
@@ -459,14 +490,16 @@ def _summary(devices, phase: str, points_per_batch: int, cpu_before: float, expe
 
 
 async def _mqtt_phase(spec, conn, inbox, phase: str, device_ids: list[str], raw_bytes: dict) -> dict:
-    ingest = phase == "mqtt"
-    rounds = 1 if ingest else spec.raw_rounds  # raw: the same bytes, several times over, for a longer window
+    """Raw, floor or MQTT ingest: the same bytes; floor and ingest through the same windowed MqttDevice."""
+    windowed, ingest = phase != "raw", phase == "mqtt"
+    rounds = 1 if windowed else spec.raw_rounds  # raw: the same bytes, several times over, for a longer window
     devices = [
-        MqttDevice(d, spec.broker_port, raw_bytes[d] * rounds, spec.window, ingest=ingest) for d in device_ids
+        MqttDevice(d, spec.broker_port, raw_bytes[d] * rounds, spec.window, phase=phase) for d in device_ids
     ]  # connects in the background
     try:
         deadline = time.monotonic() + spec.phase_timeout_seconds
-        while not all(d.connected.is_set() for d in devices) and time.monotonic() < deadline:
+        joined = [d.subscribed if windowed else d.connected for d in devices]  # windowed: subscribed for acks
+        while not all(e.is_set() for e in joined) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)  # let the SUBACKs land
         if ingest:  # hello until a Welcome: the bridge may not be subscribed yet
@@ -477,13 +510,13 @@ async def _mqtt_phase(spec, conn, inbox, phase: str, device_ids: list[str], raw_
                 waited = time.monotonic() + HELLO_RETRY_SECONDS
                 while time.monotonic() < waited and not all(d.welcomed.is_set() for d in devices):
                     await asyncio.sleep(0.05)
-        ready = sum(1 for d in devices if (d.welcomed if ingest else d.connected).is_set())
+        ready = sum(1 for d, e in zip(devices, joined, strict=True) if (d.welcomed if ingest else e).is_set())
         conn.send(("prepared", spec.index, ready))
         command = await inbox.get()
         if command[0] != "go":
             return _summary(devices, phase, spec.shape.points_per_batch, cpu_seconds(), 0)
         cpu_before = cpu_seconds()
-        if ingest:
+        if windowed:
             for d in devices:
                 d.start()
         else:  # round-robin, so every device is publishing from the start
@@ -528,7 +561,7 @@ async def _grpc_phase(spec, conn, inbox, device_ids: list[str], identities: dict
         await wait_or_cancel([d.task for d in devices if d.task is not None])
 
 
-# --- the broker, the control plane, the raw subscriber ---------------------------------
+# --- the broker, the control plane, the raw subscriber, the floor's responder ----------
 
 
 def free_port() -> int:
@@ -593,6 +626,120 @@ class RawSubscriber:
         self.client.loop_stop()
 
 
+def _respond(port: int, conn: multiprocessing.connection.Connection) -> None:
+    """The floor's responder process (spawned): one paho client set up as the bridge's (MQTT 5, QoS 1,
+    paho's network thread from ``loop_start``), subscribed to ``bench-floor/+/+/up/#``. For each message,
+    on paho's callback thread: parse the AgentMessage, publish the TelemetryAck of its batch (boot id,
+    sequence) QoS 1 to that device's ``down/telemetry_ack``. Nothing else: no event loop, no store, no
+    session. Sends ``("subscribed",)`` once the subscription is granted; on ``("stop",)`` (or the parent
+    gone) leaves the broker and answers ``("stopped", counts, error samples)``."""
+    import signal
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from protos.edgefleet.v1 import agent_pb2, telemetry_pb2
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
+    counts = {"received": 0, "acks_published": 0, "errors": 0}
+    errors: list[str] = []
+    subscribed = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            errors.append(f"connect refused: {reason_code}")
+            return
+        client.subscribe(f"{FLOOR_PREFIX}/+/+/up/#", qos=1)  # as the bridge's edgefleet/v1/+/+/up/#
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties) -> None:
+        if any(code.is_failure for code in reason_codes):
+            errors.append(f"subscription refused: {reason_codes}")
+            return
+        subscribed.set()
+
+    def on_message(client, userdata, message) -> None:
+        counts["received"] += 1
+        try:
+            prefix, fleet, device_id, _, _ = message.topic.split("/")
+            batch = agent_pb2.AgentMessage.FromString(message.payload).telemetry
+            ack = telemetry_pb2.TelemetryAck(boot_id=batch.boot_id, sequence=batch.sequence)
+            payload = agent_pb2.ControlMessage(telemetry_ack=ack).SerializeToString()
+            client.publish(f"{prefix}/{fleet}/{device_id}/down/telemetry_ack", payload, qos=1)
+            counts["acks_published"] += 1
+        except Exception as exc:  # noqa: BLE001 - counted; paho's thread must not die
+            counts["errors"] += 1
+            if len(errors) < 5:
+                errors.append(f"{message.topic}: {type(exc).__name__}: {exc}")
+
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-floor-responder", protocol=paho.MQTTv5, reconnect_on_failure=False
+    )
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    try:
+        client.connect("127.0.0.1", port, keepalive=60)
+        client.loop_start()
+        deadline = time.monotonic() + RESPONDER_READY_TIMEOUT_SECONDS
+        while not subscribed.wait(0.05) and not errors and time.monotonic() < deadline:
+            pass
+        conn.send(("subscribed",) if subscribed.is_set() else ("error", errors[:1] or ["no SUBACK"]))
+        with contextlib.suppress(EOFError):
+            while conn.recv()[0] != "stop":
+                pass
+        client.disconnect()
+        client.loop_stop()
+        with contextlib.suppress(OSError):  # the parent may be gone
+            conn.send(("stopped", counts, errors[:5]))
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", [f"{type(exc).__name__}: {exc}"]))
+        raise
+
+
+class FloorResponder:
+    """The floor's responder (``_respond``) in a process of its own, so its CPU is read from /proc like the
+    server's."""
+
+    def __init__(self, port: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(target=_respond, args=(port, child_end), name="bench-floor-responder")
+        self.process.start()
+        child_end.close()
+        self.pid = self.process.pid
+        try:
+            reply = self._reply(RESPONDER_READY_TIMEOUT_SECONDS + 10.0)
+            if reply[0] != "subscribed":
+                raise BenchError(f"the floor's responder could not subscribe: {reply[1]}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _reply(self, timeout_seconds: float) -> tuple:
+        if not self.conn.poll(timeout_seconds):
+            raise BenchError(f"the floor's responder did not answer within {timeout_seconds:.0f} s")
+        try:
+            return self.conn.recv()
+        except EOFError as exc:
+            raise BenchError(f"the floor's responder exited with {self.process.exitcode}") from exc
+
+    def stop(self) -> tuple[dict, list[str]]:
+        """Stop it: (its counts: received, acks_published, errors; the first few errors). Raises BenchError."""
+        self.conn.send(("stop",))
+        reply = self._reply(STOP_TIMEOUT_SECONDS)
+        if reply[0] != "stopped":
+            raise BenchError(f"the floor's responder failed: {reply[1]}")
+        return reply[1], reply[2]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("stop",))
+        self.process.join(timeout=STOP_TIMEOUT_SECONDS)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=STOP_TIMEOUT_SECONDS)
+        self.conn.close()
+
+
 # --- the operator API ---------------------------------------------------------------
 
 
@@ -645,14 +792,18 @@ def run_phase(
     say: Callable[[str], None],
 ) -> dict:
     subscriber = RawSubscriber(broker.port) if phase == "raw" else None
+    responder = FloorResponder(broker.port) if phase == "floor" else None  # subscribed before any device sends
+    responded: dict = {}
+    responder_errors: list[str] = []
     try:
         workers.send_all(("phase", phase))
         prepared = workers.collect("prepared", args.phase_timeout + WORKER_REPLY_TIMEOUT_SECONDS)
         ready = sum(r[2] for r in prepared)
-        stored_before = stored_requests(server, shape) if phase != "raw" else 0
+        stored_before = stored_requests(server, shape) if phase in ("mqtt", "grpc") else 0
         say(f"{phase}: {ready}/{args.devices} devices ready; go")
         server_cpu, broker_cpu = cpu_seconds(server.pid), cpu_seconds(broker.process.pid)
         parent_cpu = cpu_seconds()
+        responder_cpu = cpu_seconds(responder.pid) if responder is not None else 0.0
         t_go = time.monotonic()
         workers.send_all(("go",))
         results = [r[2] for r in workers.collect("done", args.phase_timeout + WORKER_REPLY_TIMEOUT_SECONDS)]
@@ -664,9 +815,14 @@ def run_phase(
         server_cpu = cpu_seconds(server.pid) - server_cpu
         broker_cpu = cpu_seconds(broker.process.pid) - broker_cpu
         parent_cpu = cpu_seconds() - parent_cpu
+        if responder is not None:
+            responder_cpu = cpu_seconds(responder.pid) - responder_cpu
+            responded, responder_errors = responder.stop()
     finally:
         if subscriber is not None:
             subscriber.close()
+        if responder is not None:
+            responder.close()
     if subscriber is not None:
         batches, t_end = subscriber.received, subscriber.last
     else:
@@ -689,6 +845,7 @@ def run_phase(
         "worker_cpu_seconds": sum(r["worker_cpu_seconds"] for r in results),
         "worker_rss_bytes": [r["worker_rss_bytes"] for r in results],
         "duplicates": sum(r["duplicates"] for r in results),
+        "stray_acks": sum(r["stray_acks"] for r in results),
         "errors": sum(r["error_count"] for r in results),
         "error_samples": [e for r in results for e in r["errors"]][:5],
         "warnings": sum(r["warnings"] for r in results),
@@ -702,13 +859,26 @@ def run_phase(
         out["ack_latency_p50_ms"] = 1000 * percentile(latencies, 0.5)
         out["ack_latency_p95_ms"] = 1000 * percentile(latencies, 0.95)
         out["ack_latency_max_ms"] = 1000 * max(latencies, default=0.0)
+    if responder is not None:
+        out["responder_cpu_seconds"] = responder_cpu
+        out["responder_cpu_seconds_per_1000_points"] = 1000.0 * responder_cpu / points if points else None
+        out["responder_cpu_percent"] = 100.0 * responder_cpu / elapsed
+        out["responder_received"] = responded["received"]
+        out["responder_acks_published"] = responded["acks_published"]
+        out["responder_errors"] = responded["errors"]
+        out["error_samples"] = (out["error_samples"] + responder_errors)[:5]
+        out["acked_once"] = (
+            responded["received"] == responded["acks_published"] == batches == expected and not out["stray_acks"]
+        )
+    if phase in ("mqtt", "grpc"):
         stored = stored_requests(server, shape) - stored_before
         out["stored_requests"] = stored
         out["stored_points"] = stored // REQUESTS_PER_POINT
         out["stored_once"] = stored == expected * shape.points_per_batch * REQUESTS_PER_POINT and not out["duplicates"]
+    answering = f"responder CPU {responder_cpu:.1f} s" if responder is not None else f"server CPU {server_cpu:.1f} s"
     say(
         f"{phase}: {points:,} points in {elapsed:.2f} s = {out['points_per_second']:,.0f} points/s; "
-        f"server CPU {server_cpu:.1f} s, broker CPU {broker_cpu:.1f} s"
+        f"{answering}, broker CPU {broker_cpu:.1f} s"
     )
     return out
 
@@ -776,9 +946,11 @@ def run(args: argparse.Namespace, say: Callable[[str], None], cleanup: list[Call
         raise BenchError(f"only {result['enrolled']} of {args.devices} devices enrolled: {result['enroll_errors']}")
     for phase in PHASES:
         result[phase] = run_phase(phase, args, workers, server, broker, shape, say)
-    raw = result["raw"]["points_per_second"]
+    raw, floor = result["raw"]["points_per_second"], result["floor"]["points_per_second"]
     result["mqtt_vs_raw"] = result["mqtt"]["points_per_second"] / raw if raw else None
     result["grpc_vs_raw"] = result["grpc"]["points_per_second"] / raw if raw else None
+    result["floor_vs_raw"] = floor / raw if raw else None
+    result["mqtt_vs_floor"] = result["mqtt"]["points_per_second"] / floor if floor else None
     result["goal_met"] = result["mqtt_vs_raw"] is not None and result["mqtt_vs_raw"] >= 0.5
     result["server_end_rss_bytes"] = rss_bytes(server.pid)
     workers.send_all(("stop",))
@@ -791,7 +963,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None], cleanup: list[Call
 
 def print_table(result: dict) -> None:
     m, p = result["machine"], result["params"]
-    raw, mq, gr = result["raw"], result["mqtt"], result["grpc"]
+    raw, fl, mq, gr = result["raw"], result["floor"], result["mqtt"], result["grpc"]
 
     def rate(r: dict) -> str:
         return (
@@ -799,13 +971,16 @@ def print_table(result: dict) -> None:
             f"{r['points']:,} points in {r['seconds']:.2f} s)" + ("" if r["complete"] else "  INCOMPLETE")
         )
 
-    def per_1000(r: dict) -> str:
-        value = r["server_cpu_seconds_per_1000_points"]
+    def per_1000(r: dict, who: str = "server") -> str:
+        value = r[f"{who}_cpu_seconds_per_1000_points"]
         return (
             "n/a"
             if value is None
-            else f"{value:.3f} s ({r['server_cpu_seconds']:.1f} s in all, {r['server_cpu_percent']:.0f}% of one core)"
+            else f"{value:.3f} s ({r[f'{who}_cpu_seconds']:.1f} s in all, {r[f'{who}_cpu_percent']:.0f}% of one core)"
         )
+
+    def percent(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
 
     def stored(r: dict) -> str:
         expected = p["points_per_phase"]
@@ -814,6 +989,11 @@ def print_table(result: dict) -> None:
         )
 
     ratio = result["mqtt_vs_raw"]
+    acked_once = (
+        f"{fl['responder_received']:,} / {fl['batches_expected']:,} batches received by the responder, "
+        f"{fl['responder_acks_published']:,} acks published, {fl['stray_acks']} stray acks"
+        + ("" if fl["acked_once"] else "  FAIL")
+    )
     rows = [
         ("machine", f"{m['nproc']} cores, {m['cpu_model']}, Python {m['python']}"),
         ("devices / workers", f"{p['devices']} / {p['workers']}"),
@@ -821,25 +1001,32 @@ def print_table(result: dict) -> None:
                                   f"{p['points_per_batch']} points ({p['payload_bytes']} B payload); "
                                   f"window {p['window']} unacked"),
         ("(a) raw paho QoS 1", rate(raw) + f" [each payload {p['raw_rounds']}x]"),
+        ("(a2) ack floor (no store)", rate(fl)),
         ("(b) MQTT ingest", rate(mq)),
         ("(c) gRPC ingest", rate(gr)),
         ("MQTT ingest / raw", "n/a" if ratio is None else
             f"{ratio:.1%} (goal >= 50%: {'met' if result['goal_met'] else 'NOT MET'})"),
-        ("gRPC ingest / raw", "n/a" if result["grpc_vs_raw"] is None else f"{result['grpc_vs_raw']:.1%}"),
+        ("gRPC ingest / raw", percent(result["grpc_vs_raw"])),
+        ("ack floor / raw", percent(result["floor_vs_raw"])),
+        ("MQTT ingest / ack floor", percent(result["mqtt_vs_floor"])),
         ("MQTT ingest / gRPC ingest", f"{mq['points_per_second'] / gr['points_per_second']:.0%}"
                                       if gr["points_per_second"] else "n/a"),
         ("server CPU / 1000 points", f"MQTT {per_1000(mq)}; gRPC {per_1000(gr)}"),
-        ("broker CPU per phase", f"raw {raw['broker_cpu_seconds']:.1f} s, MQTT {mq['broker_cpu_seconds']:.1f} s, "
-                                 f"gRPC {gr['broker_cpu_seconds']:.1f} s"),
-        ("ack latency p50 / p95", f"MQTT {mq['ack_latency_p50_ms']:.1f} / {mq['ack_latency_p95_ms']:.1f} ms; "
+        ("responder CPU / 1000 points", f"ack floor {per_1000(fl, 'responder')}"),
+        ("broker CPU per phase", f"raw {raw['broker_cpu_seconds']:.1f} s, floor {fl['broker_cpu_seconds']:.1f} s, "
+                                 f"MQTT {mq['broker_cpu_seconds']:.1f} s, gRPC {gr['broker_cpu_seconds']:.1f} s"),
+        ("ack latency p50 / p95", f"floor {fl['ack_latency_p50_ms']:.1f} / {fl['ack_latency_p95_ms']:.1f} ms; "
+                                  f"MQTT {mq['ack_latency_p50_ms']:.1f} / {mq['ack_latency_p95_ms']:.1f} ms; "
                                   f"gRPC {gr['ack_latency_p50_ms']:.1f} / {gr['ack_latency_p95_ms']:.1f} ms"),
+        ("acked once (ack floor)", acked_once),
         ("stored once (QueryLatency)", f"MQTT {stored(mq)}; gRPC {stored(gr)}"),
         ("worker CPU per phase", f"raw {raw['worker_cpu_seconds']:.1f} s (+ subscriber "
-                                 f"{raw['subscriber_cpu_seconds']:.1f} s), MQTT {mq['worker_cpu_seconds']:.1f} s, "
-                                 f"gRPC {gr['worker_cpu_seconds']:.1f} s"),
+                                 f"{raw['subscriber_cpu_seconds']:.1f} s), floor {fl['worker_cpu_seconds']:.1f} s, "
+                                 f"MQTT {mq['worker_cpu_seconds']:.1f} s, gRPC {gr['worker_cpu_seconds']:.1f} s"),
         ("server RSS idle -> end", f"{mib(result['server_idle_rss_bytes'])} -> "
                                    f"{mib(result['server_end_rss_bytes'])}"),
-        ("errors / warnings", f"raw {raw['errors']}/{raw['warnings']}, MQTT {mq['errors']}/{mq['warnings']}, "
+        ("errors / warnings", f"raw {raw['errors']}/{raw['warnings']}, floor {fl['errors']}/{fl['warnings']} "
+                              f"(+ responder {fl['responder_errors']}), MQTT {mq['errors']}/{mq['warnings']}, "
                               f"gRPC {gr['errors']}/{gr['warnings']}"),
         ("server log lines", f"{result['server_log']['lines']} (at --log-level warning); "
                              f"exit code on SIGTERM {result.get('server_exit_code')}"),
@@ -887,7 +1074,12 @@ def main(argv: list[str] | None = None) -> int:
                 step()
     print_table(result)
     print_result_line(result, args.json_out)
-    ok = all(result[p]["complete"] for p in PHASES) and result["mqtt"]["stored_once"] and result["grpc"]["stored_once"]
+    ok = (
+        all(result[p]["complete"] for p in PHASES)
+        and result["floor"]["acked_once"]
+        and result["mqtt"]["stored_once"]
+        and result["grpc"]["stored_once"]
+    )
     return 0 if ok else 1
 
 
