@@ -66,8 +66,9 @@ CONNECT_TIMEOUT_SECONDS = 10.0  # TCP connect and TLS handshake; never more than
 MAX_HEAD_BYTES = 16 * 1024  # status line and headers
 MAX_ERROR_BODY_BYTES = 1024
 BUFFER_BYTES = 1 << 20
-BUFFERS = 4  # cycling between the receiving and the writing thread: at most 4 MiB in flight
+BUFFERS = 8  # cycling between the receiving and the writing thread: at most 4 MiB in flight
 SYNC_EVERY_BYTES = 16 << 20
+CHECK_SECONDS = 0.05  # how often the receiving loop looks at the stop flag and the throughput rule
 HANDOFF_SECONDS = 0.25  # a buffer not yet full goes to the writer after this, so progress moves on slow links
 CLOSE_WAIT_SECONDS = 1.0  # after the body, how long to wait for the server's close (bytes instead: endless data)
 NOT_RETRYABLE = frozenset({403, 404})
@@ -462,6 +463,7 @@ class _Transfer:
         """Receive the body into buffers handed to the writer; returns the bytes received (all of them)."""
         rest = self.size - self.partial.offset
         received = 0
+        next_check = 0.0
         sock.settimeout(self.policy.stall_seconds)
         while received < rest:
             self._raise_if_stopped()
@@ -472,16 +474,24 @@ class _Transfer:
             view[:filled] = first
             first, ended = b"", False
             try:
+                # The loop runs once per TLS record (16 KiB): it does no more than it must. The stop flag and
+                # the throughput rule are checked at most every CHECK_SECONDS (a cancel also shuts the socket).
                 handoff_at = time.monotonic() + HANDOFF_SECONDS
+                recv_into = sock.recv_into
                 while filled < want:
-                    self._raise_if_stopped()
-                    count = self._recv(sock, view[filled:want])
+                    try:
+                        count = recv_into(view[filled:want])
+                    except OSError as exc:  # TimeoutError and ssl.SSLError included
+                        raise self._receive_error(exc) from exc
                     if count == 0:
                         ended = True
                         break
                     filled += count
                     now = time.monotonic()
-                    check_throughput(self.sha256, received + filled, now - started, self.policy)
+                    if now >= next_check:
+                        self._raise_if_stopped()
+                        check_throughput(self.sha256, received + filled, now - started, self.policy)
+                        next_check = now + CHECK_SECONDS
                     if now >= handoff_at:
                         break
             finally:
@@ -498,17 +508,12 @@ class _Transfer:
                 )
         return received
 
-    def _recv(self, sock: ssl.SSLSocket, view: memoryview) -> int:
-        try:
-            return sock.recv_into(view)
-        except TimeoutError as exc:
-            self._raise_if_stopped()
-            raise stall_error(self.sha256, self.policy) from exc
-        except OSError as exc:
-            self._raise_if_stopped()
-            raise FetchError(
-                f"download of {self.sha256[:12]} from {self.endpoint} failed: {exc}", retryable=True
-            ) from exc
+    def _receive_error(self, exc: OSError) -> FetchError:
+        """The FetchError for a failed receive (``_Stopped`` is raised instead when the transfer was stopped)."""
+        self._raise_if_stopped()
+        if isinstance(exc, TimeoutError):
+            return stall_error(self.sha256, self.policy)
+        return FetchError(f"download of {self.sha256[:12]} from {self.endpoint} failed: {exc}", retryable=True)
 
     def _expect_close(self, sock: ssl.SSLSocket) -> None:
         """After the whole body, the server closes; a byte more is endless data, refused."""
