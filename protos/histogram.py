@@ -52,6 +52,7 @@ UPPER_BOUNDS_MS: tuple[float, ...] = tuple(BASE_MS * GROWTH**i for i in range(BU
 MAX_COUNT = 2**53 - 1
 
 _FINITE_BOUNDS = UPPER_BOUNDS_MS[:-1]
+_NUMBER_TYPES = (int, float)
 
 
 def _check_sample(ms: float) -> float:
@@ -169,13 +170,28 @@ class Histogram:
         Raises ``ValueError`` when the scheme is not 1, there are more than 64 counts, the
         total count exceeds ``MAX_COUNT``, ``sum_ms``/``max_ms`` are negative, NaN or
         infinite, or ``max_ms`` does not lie in the highest non-empty bucket.
+
+        The counts are checked once, as they come off the wire: ``uint64`` counts are
+        non-negative integers already, so only the totals need checking (this runs per
+        telemetry point on the control plane).
         """
         if msg.scheme != SCHEME:
             raise ValueError(f"unsupported latency histogram scheme {msg.scheme} (this build knows {SCHEME})")
-        if len(msg.counts) > BUCKETS:
-            raise ValueError(f"latency histogram has {len(msg.counts)} counts, at most {BUCKETS} allowed")
-        counts = list(msg.counts) + [0] * (BUCKETS - len(msg.counts))
-        return cls(counts=counts, sum_ms=msg.sum_ms, max_ms=msg.max_ms)
+        wire = msg.counts
+        if len(wire) > BUCKETS:
+            raise ValueError(f"latency histogram has {len(wire)} counts, at most {BUCKETS} allowed")
+        counts = wire[:]  # a list of its ints
+        sum_ms, max_ms = msg.sum_ms, msg.max_ms
+        _validate_totals(counts, sum_ms, max_ms)
+        counts += [0] * (BUCKETS - len(counts))
+        return cls._validated(counts, sum_ms, max_ms)
+
+    @classmethod
+    def _validated(cls, counts: list[int], sum_ms: float, max_ms: float) -> Histogram:
+        """A histogram of values that passed ``_validate``'s checks already, built without running them again."""
+        histogram = object.__new__(cls)
+        histogram.counts, histogram.sum_ms, histogram.max_ms = counts, sum_ms, max_ms
+        return histogram
 
 
 def _validate(counts: list[int], sum_ms: float, max_ms: float) -> None:
@@ -184,11 +200,18 @@ def _validate(counts: list[int], sum_ms: float, max_ms: float) -> None:
     if set(map(type, counts)) != {int} or min(counts) < 0:  # whole-list checks: this runs per telemetry point
         bad = next(n for n in counts if type(n) is not int or n < 0)
         raise ValueError(f"bucket counts must be non-negative integers, got {bad!r}")
+    _validate_totals(counts, sum_ms, max_ms)
+
+
+def _validate_totals(counts: list[int], sum_ms: float, max_ms: float) -> None:
+    """The checks of ``_validate`` beyond the counts' number and type, for non-negative integer ``counts``
+    that may lack trailing zero buckets (the wire form): total, ``sum_ms``/``max_ms``, and ``max_ms`` in the
+    highest non-empty bucket."""
     total = sum(counts)
     if total > MAX_COUNT:
         raise ValueError(f"histogram holds {total} samples, at most {MAX_COUNT} allowed")
     for name, value in (("sum_ms", sum_ms), ("max_ms", max_ms)):
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        if not isinstance(value, _NUMBER_TYPES) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite, non-negative number, got {value!r}")
     if total == 0:
         if sum_ms or max_ms:
@@ -201,4 +224,6 @@ def _validate(counts: list[int], sum_ms: float, max_ms: float) -> None:
 
 def _highest_nonzero(counts: list[int]) -> int:
     """Index of the last non-zero count, -1 if none (a scan in C: this runs per telemetry point)."""
+    if counts and counts[-1]:
+        return len(counts) - 1  # the wire form, whose trailing zero buckets are trimmed
     return bytes(map(bool, counts)).rfind(1)

@@ -14,6 +14,9 @@ Invariants (besides those of ``store.py``):
   ``services/group_commit.py``) with one statement per table, and gives each batch its own
   outcome: a malformed batch or an unknown device refuses that batch alone. The result is the
   same as storing the batches one after another.
+- Its two hot inserts (batch keys, model minutes) run on the driver (``_DriverInsert``), with each
+  value converted as the column's SQLAlchemy type converts it: the database holds exactly what
+  ``conn.execute(insert(...))`` would have stored, and reads it back through the same queries.
 - Retention (``roll_up``): a model minute older than the minute retention is merged into its
   ``model_hours`` row (same exact merge) and deleted in the same transaction, so a crash never
   counts it twice nor loses it; every request is in exactly one of the two tables, and ``latency``
@@ -27,15 +30,18 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from itertools import chain
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import and_, case, delete, func, insert, literal, select, tuple_, union_all
+from sqlalchemy import ColumnElement, and_, case, delete, func, insert, literal, select, tuple_, union_all
 from sqlalchemy import update as sql_update
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.exc import DBAPIError
 
 from controlplane.store import queries
 from controlplane.store.errors import NotFound
@@ -59,7 +65,7 @@ from controlplane.store.schema import (
 )
 from controlplane.store.schema import Device as DeviceTable
 from protos.edgefleet.v1 import common_pb2, telemetry_pb2
-from protos.histogram import Histogram
+from protos.histogram import MAX_COUNT, Histogram
 
 MAX_MINUTES_PER_BATCH = 1440
 MAX_EVENTS_PER_BATCH = 1000
@@ -127,13 +133,31 @@ def floor_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+class ParsedMinute(NamedTuple):
+    """A validated ModelMinute: its ``model_minutes`` column values (without ``device_id``), the histogram
+    standing for the three ``latency_*`` columns."""
+
+    minute: datetime
+    name: str
+    version: int
+    variant: str
+    task: str
+    requests: int
+    errors: int
+    confidence_sum: float
+    low_confidence: int
+    input_size_sum: float
+    input_size_max: float
+    latency: Histogram
+
+
 @dataclass(frozen=True)
 class ParsedBatch:
     """A validated TelemetryBatch as column values, ready to store."""
 
     boot_id: str
     sequence: int
-    minutes: list[tuple[dict[str, Any], Histogram]]
+    minutes: list[ParsedMinute]
     resources: list[dict[str, Any]]
     events: list[dict[str, Any]]
 
@@ -146,6 +170,7 @@ def parse_batch(batch: telemetry_pb2.TelemetryBatch) -> ParsedBatch:
     """
     if not batch.boot_id or len(batch.boot_id) > MAX_BOOT_ID_CHARS:
         raise ValueError(f"telemetry batch boot_id must be 1 to {MAX_BOOT_ID_CHARS} characters")
+    _text("boot_id", batch.boot_id, MAX_BOOT_ID_CHARS)
     for what, items, bound in (
         ("minutes", batch.minutes, MAX_MINUTES_PER_BATCH),
         ("events", batch.events, MAX_EVENTS_PER_BATCH),
@@ -153,10 +178,11 @@ def parse_batch(batch: telemetry_pb2.TelemetryBatch) -> ParsedBatch:
     ):
         if len(items) > bound:
             raise ValueError(f"telemetry batch has {len(items)} {what}, at most {bound} allowed")
+    starts: dict[tuple[int, int], datetime] = {}  # the batch's minutes share a few timestamps
     return ParsedBatch(
         boot_id=batch.boot_id,
-        sequence=batch.sequence,
-        minutes=[_parse_minute(m) for m in batch.minutes],
+        sequence=_count("sequence", batch.sequence),
+        minutes=[_parse_minute(m, starts) for m in batch.minutes],
         resources=[_parse_resource(r) for r in batch.resources],
         events=[_parse_event(e) for e in batch.events],
     )
@@ -180,35 +206,62 @@ def _number(what: str, value: float) -> float:
 def _text(what: str, value: str, bound: int = MAX_NAME_CHARS) -> str:
     if len(value) > bound:
         raise ValueError(f"{what} is longer than {bound} characters")
+    if "\x00" in value:  # PostgreSQL refuses NUL in text: it must never reach (and fail) a whole group
+        raise ValueError(f"{what} contains a NUL character")
     return value
 
 
-def _parse_minute(m: telemetry_pb2.ModelMinute) -> tuple[dict[str, Any], Histogram]:
-    minute = _time("model minute", m, "minute")
-    if minute.second or minute.microsecond:
-        raise ValueError(f"model minute {minute.isoformat()} is not the start of a minute")
-    if not m.model.name:
+def _count(what: str, value: int) -> int:
+    """A counter or id from the wire (uint64), bounded so that it and sums of it fit the store's BIGINT."""
+    if value > MAX_COUNT:
+        raise ValueError(f"{what} is {value}, more than {MAX_COUNT}")
+    return value
+
+
+def _minute_start(m: telemetry_pb2.ModelMinute, starts: dict[tuple[int, int], datetime]) -> datetime:
+    """``m.minute`` as an aware UTC datetime, checked to be the start of a minute.
+
+    ``starts`` holds the timestamps already converted, by (seconds, nanos): the conversion is a
+    function of those two alone, so each distinct one is converted and checked once per batch.
+    """
+    if not m.HasField("minute"):
+        raise ValueError("model minute has no minute")
+    stamp = m.minute
+    key = (stamp.seconds, stamp.nanos)
+    minute = starts.get(key)
+    if minute is None:
+        minute = _time("model minute", m, "minute")
+        if minute.second or minute.microsecond:
+            raise ValueError(f"model minute {minute.isoformat()} is not the start of a minute")
+        starts[key] = minute
+    return minute
+
+
+def _parse_minute(m: telemetry_pb2.ModelMinute, starts: dict[tuple[int, int], datetime]) -> ParsedMinute:
+    minute = _minute_start(m, starts)
+    model = m.model
+    if not model.name:
         raise ValueError("model minute has no model name")
     if m.errors > m.requests:
-        raise ValueError(f"model minute of {m.model.name!r} has more errors ({m.errors}) than requests ({m.requests})")
+        raise ValueError(f"model minute of {model.name!r} has more errors ({m.errors}) than requests ({m.requests})")
     try:
         histogram = Histogram.from_proto(m.latency) if m.HasField("latency") else Histogram()
     except ValueError as exc:
-        raise ValueError(f"model minute of {m.model.name!r}: {exc}") from exc
-    values = {
-        "minute": minute,
-        "name": _text("model name", m.model.name),
-        "version": m.model.version,
-        "variant": _text("model variant", m.model.variant),
-        "task": _text("task", m.task),
-        "requests": m.requests,
-        "errors": m.errors,
-        "confidence_sum": _number("confidence_sum", m.confidence_sum),
-        "low_confidence": m.low_confidence,
-        "input_size_sum": _number("input_size_sum", m.input_size_sum),
-        "input_size_max": _number("input_size_max", m.input_size_max),
-    }
-    return values, histogram
+        raise ValueError(f"model minute of {model.name!r}: {exc}") from exc
+    return ParsedMinute(
+        minute=minute,
+        name=_text("model name", model.name),
+        version=_count("model version", model.version),
+        variant=_text("model variant", model.variant),
+        task=_text("task", m.task),
+        requests=_count("requests", m.requests),
+        errors=m.errors,  # at most requests (checked above)
+        confidence_sum=_number("confidence_sum", m.confidence_sum),
+        low_confidence=_count("low_confidence", m.low_confidence),
+        input_size_sum=_number("input_size_sum", m.input_size_sum),
+        input_size_max=_number("input_size_max", m.input_size_max),
+        latency=histogram,
+    )
 
 
 def _parse_resource(r: telemetry_pb2.ResourceSample) -> dict[str, Any]:
@@ -220,10 +273,10 @@ def _parse_resource(r: telemetry_pb2.ResourceSample) -> dict[str, Any]:
     return {
         "at": _time("resource sample", r, "at"),
         "cpu_percent": _number("cpu_percent", r.cpu_percent),
-        "rss_bytes": r.rss_bytes,
-        "memory_available_bytes": r.memory_available_bytes,
+        "rss_bytes": _count("rss_bytes", r.rss_bytes),
+        "memory_available_bytes": _count("memory_available_bytes", r.memory_available_bytes),
         "temperature_celsius": temperature,
-        "disk_free_bytes": r.disk_free_bytes,
+        "disk_free_bytes": _count("disk_free_bytes", r.disk_free_bytes),
     }
 
 
@@ -240,10 +293,10 @@ def _parse_event(e: common_pb2.LifecycleEvent) -> dict[str, Any]:
         "at": _time("lifecycle event", e, "at"),
         "kind": kind,
         "name": _text("model name", e.model.name),
-        "version": e.model.version,
+        "version": _count("model version", e.model.version),
         "variant": _text("model variant", e.model.variant),
         "reason": _text("event reason", e.reason, MAX_REASON_CHARS),
-        "generation": e.generation,
+        "generation": _count("generation", e.generation),
         "details": dict(e.details),
     }
 
@@ -298,12 +351,15 @@ class TelemetryStore:
     def _ingest_each_on_overflow(
         self, items: Sequence[tuple[str, telemetry_pb2.TelemetryBatch]], now: datetime
     ) -> list[bool | ValueError | NotFound]:
-        """``_ingest_batches``; should a merge overflow a histogram (rolled back whole), each batch on its own."""
+        """``_ingest_batches``; should a merge overflow (rolled back whole), or the database refuse a value that
+        ``parse_batch`` let through, each batch on its own: one bad batch never holds up the others."""
         try:
             return self._ingest_batches(items, now)
-        except ValueError as exc:
+        except (ValueError, OverflowError, DBAPIError) as exc:  # an unreachable database is StoreUnavailable
             if len(items) == 1:
-                return [exc]
+                if isinstance(exc, ValueError):
+                    return [exc]
+                return [ValueError(f"the database refused this batch: {str(exc).splitlines()[0][:300]}")]
             return [outcome for item in items for outcome in self._ingest_each_on_overflow([item], now)]
 
     def _ingest_batches(
@@ -629,38 +685,30 @@ class TelemetryStore:
         return rows[::-1]
 
 
-def _merge_minute(conn: Connection, values: dict[str, Any], histogram: Histogram) -> None:
-    _merge_row(conn, ModelMinute, _MINUTE_KEY, values, histogram)
+_MinuteKey = tuple[str, datetime, str, int, str]  # the values of _MINUTE_KEY
 
 
 def _claim_batch_keys(conn: Connection, keys: list[tuple[str, str, int]], now: datetime) -> set[tuple[str, str, int]]:
-    """Insert the batch keys not stored yet (one statement); returns those this call inserted."""
-    statement = (
-        queries.insert_of(conn, TelemetryBatchKey)
-        .on_conflict_do_nothing(index_elements=["device_id", "boot_id", "sequence"])
-        .returning(TelemetryBatchKey.device_id, TelemetryBatchKey.boot_id, TelemetryBatchKey.sequence)
-    )
-    rows = [{"device_id": d, "boot_id": b, "sequence": s, "received_at": now} for d, b, s in keys]
-    return {tuple(row) for row in conn.execute(statement, rows)}
+    """Insert the batch keys not stored yet (see ``_DriverInsert.insert``); returns those this call inserted."""
+    received_at = _driver_value(conn, TelemetryBatchKey.__table__.c.received_at)(now)
+    skipped = set(_INSERT_BATCH_KEYS.insert(conn, [(*key, received_at) for key in keys]))
+    return {key for index, key in enumerate(keys) if index not in skipped}
 
 
 def _store_contents(conn: Connection, batches: list[tuple[str, ParsedBatch]]) -> None:
     """Write the contents of newly claimed batches: minutes merged, samples and events inserted."""
-    minutes: dict[tuple[Any, ...], tuple[dict[str, Any], Histogram]] = {}
+    minutes: dict[_MinuteKey, ParsedMinute] = {}
     resources: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for device_id, batch in batches:
-        for values, histogram in batch.minutes:
-            row = {"device_id": device_id, **values}
-            key = tuple(row[column] for column in _MINUTE_KEY)
-            if key in minutes:
-                minutes[key] = _add_minute(*minutes[key], row, histogram)
-            else:
-                minutes[key] = (row, histogram)
+        for point in batch.minutes:
+            key = (device_id, point.minute, point.name, point.version, point.variant)
+            earlier = minutes.get(key)
+            minutes[key] = point if earlier is None else _add_minute(earlier, point)
         resources.extend({"device_id": device_id, **values} for values in batch.resources)
         events.extend({"device_id": device_id, **values} for values in batch.events)
     if minutes:
-        _merge_minutes(conn, [minutes[key] for key in sorted(minutes)])
+        _merge_minutes(conn, sorted(minutes.items()))
     if resources:
         statement = queries.insert_of(conn, ResourceSample).on_conflict_do_nothing(index_elements=["device_id", "at"])
         conn.execute(statement, resources)
@@ -668,36 +716,55 @@ def _store_contents(conn: Connection, batches: list[tuple[str, ParsedBatch]]) ->
         conn.execute(insert(DeviceEvent), events)
 
 
-def _add_minute(
-    row: dict[str, Any], histogram: Histogram, other: dict[str, Any], other_histogram: Histogram
-) -> tuple[dict[str, Any], Histogram]:
+def _add_minute(point: ParsedMinute, other: ParsedMinute) -> ParsedMinute:
     """Two parts of one (device, minute, build) added up, as two merges into the store would."""
-    merged = {**row, **{column: row[column] + other[column] for column in _SUMMED}}
-    merged["task"] = other["task"] or row["task"]
-    merged["input_size_max"] = max(row["input_size_max"], other["input_size_max"])
-    return merged, histogram.merge(other_histogram)
-
-
-def _merge_minutes(conn: Connection, minutes: list[tuple[dict[str, Any], Histogram]]) -> None:
-    """Insert the minutes not stored yet in one statement; merge the others into their rows, one by one."""
-    statement = (
-        queries.insert_of(conn, ModelMinute)
-        .on_conflict_do_nothing(index_elements=list(_MINUTE_KEY))
-        .returning(*(getattr(ModelMinute, column) for column in _MINUTE_KEY))
+    if point.requests + other.requests > MAX_COUNT or point.low_confidence + other.low_confidence > MAX_COUNT:
+        raise ValueError(f"model minute of {point.name!r} would count more than {MAX_COUNT} requests")
+    return point._replace(
+        task=other.task or point.task,
+        requests=point.requests + other.requests,
+        errors=point.errors + other.errors,
+        confidence_sum=point.confidence_sum + other.confidence_sum,
+        low_confidence=point.low_confidence + other.low_confidence,
+        input_size_sum=point.input_size_sum + other.input_size_sum,
+        input_size_max=max(point.input_size_max, other.input_size_max),
+        latency=point.latency.merge(other.latency),
     )
-    rows = [
-        {
-            **values,
-            "latency_counts": list(histogram.counts),
-            "latency_sum_ms": histogram.sum_ms,
-            "latency_max_ms": histogram.max_ms,
-        }
-        for values, histogram in minutes
+
+
+def _merge_minutes(conn: Connection, minutes: list[tuple[_MinuteKey, ParsedMinute]]) -> None:
+    """Insert the minutes not stored yet (see ``_DriverInsert.insert``); merge the others into their rows, one by one.
+
+    ``minutes`` holds each key once, in key order (the order their rows are inserted and locked in).
+    """
+    for index in _INSERT_MINUTES.insert(conn, _minute_rows(conn, minutes)):
+        (device_id, *_), point = minutes[index]
+        values = {"device_id": device_id, **point._asdict()}
+        _merge_row(conn, ModelMinute, _MINUTE_KEY, values, values.pop("latency"))
+
+
+def _minute_rows(conn: Connection, minutes: list[tuple[_MinuteKey, ParsedMinute]]) -> list[tuple[Any, ...]]:
+    """The rows of ``_INSERT_MINUTES`` for ``minutes``, each value as SQLAlchemy would bind it on ``conn``.
+
+    Only two columns are converted at all: ``minute`` by its type's own bind conversion (once per distinct
+    minute; on SQLite it becomes the stored text), and ``latency_counts`` to the JSON text that SQLAlchemy's
+    JSON type writes with the engine's default serializer, ``json.dumps``; every other value goes to the
+    driver as it is, as SQLAlchemy passes it too. For a list of ``int`` (a histogram's counts: never bools,
+    see ``protos/histogram.py``) ``json.dumps`` writes exactly its ``repr``, which is faster.
+    """
+    to_driver = _driver_value(conn, ModelMinute.__table__.c.minute)
+    bound = {minute: to_driver(minute) for minute in {key[1] for key, _ in minutes}}
+    return [
+        (
+            device_id,
+            bound[minute],
+            *point[1:-1],  # name .. input_size_max: _INSERT_MINUTES's columns follow ParsedMinute's fields
+            repr(point.latency.counts),
+            point.latency.sum_ms,
+            point.latency.max_ms,
+        )
+        for (device_id, minute, *_), point in minutes
     ]
-    inserted = {tuple(row) for row in conn.execute(statement, rows)}
-    for values, histogram in minutes:
-        if tuple(values[column] for column in _MINUTE_KEY) not in inserted:
-            _merge_minute(conn, values, histogram)
 
 
 def _merge_row(
@@ -729,6 +796,10 @@ def _merge_row(
     else:  # pragma: no cover - needs three deletes racing one merge
         raise RuntimeError(f"could not merge into {table.__tablename__}: the row kept disappearing")
     merged = _read_histogram(current).merge(histogram)
+    if current["requests"] + values["requests"] > MAX_COUNT or (
+        current["low_confidence"] + values["low_confidence"] > MAX_COUNT
+    ):
+        raise ValueError(f"{table.__tablename__} row of {values['name']!r} would count more than {MAX_COUNT} requests")
     conn.execute(
         sql_update(table)
         .where(where)
@@ -813,3 +884,99 @@ def _latency_key(row: Any, by: str) -> tuple[tuple[str, str], ...]:
     if by == "minute":
         key.append(("minute", row["minute"].isoformat()))
     return tuple(key)
+
+
+# --- the hot inserts of ingest_batches, run on the driver ----------------------------------------------------
+
+
+class _DriverInsert:
+    """``INSERT INTO <table> (<columns>) ... ON CONFLICT (<key>) DO NOTHING`` for many rows, executed with
+    ``exec_driver_sql`` on values already converted for the driver; ``insert`` says which rows it skipped.
+
+    Why not ``conn.execute(insert(table), rows)``: for each value of each row SQLAlchemy runs Python code
+    (parameter dicts, bind processors, insertmanyvalues paging, result processors for ``RETURNING`` rows),
+    which was most of the CPU ``ingest_batches`` spent per point; and psycopg parses the placeholders of the
+    multi-row ``VALUES`` statement that insertmanyvalues renders in Python, one by one. So each backend gets
+    its cheapest form of the same statement:
+
+    - SQLite: a multi-row ``VALUES`` list with ``?`` placeholders, as many rows a statement as SQLite's
+      limit of 32,766 parameters allows;
+    - PostgreSQL: ``INSERT ... SELECT * FROM unnest(%b::<type>[], ...)``, one array per column, passed in
+      psycopg 3's binary format (``%b``; psycopg 3 is the only PostgreSQL driver the store uses): one
+      statement, a dozen placeholders.
+
+    The caller converts the values as the columns' types would (``_driver_value``) and puts the key columns
+    first; the keys the driver reads back for ``RETURNING`` then equal those values (on SQLite a time is the
+    text stored).
+    """
+
+    _SQLITE_MAX_PARAMETERS = 32766
+
+    def __init__(self, table: Any, columns: tuple[str, ...], key: tuple[str, ...]) -> None:
+        """``table`` is a model's ``__table__``; ``columns`` start with ``key``."""
+        if columns[: len(key)] != key or not set(columns) <= set(table.c.keys()):
+            raise ValueError(f"the key columns must come first, and all columns be {table.name}'s")
+        self.table = table
+        self.columns = columns
+        self.key = key
+        dialect = postgresql.dialect()
+        arrays = ", ".join(f"%b::{table.c[column].type.compile(dialect)}[]" for column in columns)
+        self.postgresql_rows = f"SELECT * FROM unnest({arrays})"
+
+    def insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert ``rows`` (values in ``columns`` order) but those whose key is stored already; returns the
+        indexes of the rows skipped, in order.
+
+        Most often none is skipped: the rows go in without ``RETURNING`` under a savepoint, and only when
+        the row count falls short is that undone and run again returning the keys inserted (reading every
+        key back costs more than the insert without it).
+        """
+        if not rows:
+            return []
+        with conn.begin_nested() as savepoint:
+            if sum(result.rowcount for result in self._execute(conn, rows, returning=False)) == len(rows):
+                return []
+            savepoint.rollback()
+        inserted = {tuple(key) for result in self._execute(conn, rows, returning=True) for key in result.all()}
+        width = len(self.key)
+        return [index for index, row in enumerate(rows) if row[:width] not in inserted]
+
+    def _execute(
+        self, conn: Connection, rows: list[tuple[Any, ...]], *, returning: bool
+    ) -> Iterator[CursorResult[Any]]:
+        """Execute the statements that insert ``rows``, yielding each result before the next statement runs."""
+        if conn.dialect.name == "postgresql":
+            arrays = tuple(map(list, zip(*rows, strict=True)))
+            yield conn.exec_driver_sql(self.sql(self.postgresql_rows, returning=returning), arrays)
+            return
+        per_statement = self._SQLITE_MAX_PARAMETERS // len(self.columns)
+        one_row = f"({', '.join('?' * len(self.columns))})"
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            values = f"VALUES {', '.join([one_row] * len(chunk))}"
+            yield conn.exec_driver_sql(self.sql(values, returning=returning), tuple(chain.from_iterable(chunk)))
+
+    def sql(self, rows: str, *, returning: bool) -> str:
+        """The statement, with ``rows`` (a ``VALUES`` list or a ``SELECT``) for its rows."""
+        key = ", ".join(self.key)
+        insert = f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) {rows} ON CONFLICT ({key}) DO NOTHING"
+        return f"{insert} RETURNING {key}" if returning else insert
+
+
+def _driver_value(conn: Connection, column: ColumnElement[Any]) -> Callable[[Any], Any]:
+    """How SQLAlchemy converts a value of ``column`` before handing it to ``conn``'s driver."""
+    process = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return process if process is not None else _unchanged
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+_INSERT_MINUTES = _DriverInsert(
+    ModelMinute.__table__,
+    ("device_id", *ParsedMinute._fields[:-1], "latency_counts", "latency_sum_ms", "latency_max_ms"),
+    _MINUTE_KEY,
+)
+_BATCH_KEY = ("device_id", "boot_id", "sequence")
+_INSERT_BATCH_KEYS = _DriverInsert(TelemetryBatchKey.__table__, (*_BATCH_KEY, "received_at"), _BATCH_KEY)

@@ -10,7 +10,7 @@ import pytest
 
 from controlplane.store import NotFound, Store
 from protos.edgefleet.v1 import common_pb2, telemetry_pb2
-from protos.histogram import Histogram
+from protos.histogram import MAX_COUNT, Histogram
 from tests.store.sample import T0, device
 
 MINUTE = T0.replace(second=0, microsecond=0)
@@ -104,6 +104,17 @@ def test_latency_groups_by_variant_and_by_device(store: Store) -> None:
         (lambda b: setattr(b.minutes[0], "errors", 99), "more errors"),
         (lambda b: b.minutes[0].latency.counts.append(1), "highest non-empty bucket"),
         (lambda b: setattr(b, "boot_id", ""), "boot_id"),
+        # Values the database would refuse, which would fail every batch stored in the same group:
+        (lambda b: setattr(b, "sequence", 2**63), "sequence is 9223372036854775808"),
+        (lambda b: setattr(b.minutes[0], "requests", 2**63), "requests is"),
+        (lambda b: setattr(b.minutes[0], "low_confidence", MAX_COUNT + 1), "low_confidence is"),
+        (lambda b: setattr(b.minutes[0].model, "version", 2**64 - 1), "model version is"),
+        (lambda b: setattr(b.resources[0], "rss_bytes", 2**63), "rss_bytes is"),
+        (lambda b: setattr(b.events[0], "generation", 2**63), "generation is"),
+        (lambda b: setattr(b.minutes[0].model, "name", "nl\x00u"), "model name contains a NUL"),
+        (lambda b: setattr(b.events[0], "reason", "\x00"), "event reason contains a NUL"),
+        (lambda b: b.events[0].details.__setitem__("k", "v\x00"), "event detail contains a NUL"),
+        (lambda b: setattr(b, "boot_id", "b\x00"), "boot_id contains a NUL"),
     ],
 )
 def test_a_malformed_batch_is_refused_whole(store: Store, mutate, message: str) -> None:
@@ -430,3 +441,71 @@ def test_ingest_counts_stored_duplicate_and_refused_batches(store: Store) -> Non
     with pytest.raises(NotFound):
         store.ingest_batch("ghost", _batch(2), T0)
     assert store.ingest_counts() == {"stored": 1, "duplicate": 1, "refused": 1}
+
+
+# --- histogram overflow: a merge past MAX_COUNT refuses the batch that causes it, alone --------------------
+
+
+def _full_minute() -> telemetry_pb2.ModelMinute:
+    """A minute whose histogram holds MAX_COUNT samples: any merge into it overflows."""
+    minute = _minute([])
+    minute.requests = 1
+    minute.latency.CopyFrom(telemetry_pb2.LatencyHistogram(scheme=1, counts=[MAX_COUNT], sum_ms=0.0, max_ms=0.0))
+    return minute
+
+
+def test_a_merge_that_would_overflow_a_histogram_refuses_only_the_batch_that_causes_it(store: Store) -> None:
+    """Within one call (the group falls back to one batch at a time) and against a stored minute."""
+    device(store, "dev-1")
+    device(store, "dev-2")
+    outcomes = store.ingest_batches(
+        [
+            ("dev-1", _batch(1, _full_minute())),
+            ("dev-2", _batch(1, _minute([2.0]))),
+            ("dev-1", _batch(2, _minute([1.0]))),  # the same minute as the full one
+        ],
+        T0,
+    )
+    assert outcomes[:2] == [False, False]
+    assert isinstance(outcomes[2], ValueError) and "exceed" in str(outcomes[2])
+    assert isinstance(store.ingest_batches([("dev-1", _batch(3, _minute([1.0])))], T0)[0], ValueError)
+    by_device = {r.key["device"]: r.latency.count for r in store.latency(since=SINCE, by="device")}
+    assert by_device == {"dev-1": MAX_COUNT, "dev-2": 1}
+    with pytest.raises(ValueError, match="exceed"):  # refused again, not found already stored: no key was taken
+        store.ingest_batch("dev-1", _batch(2, _minute([1.0])), T0)
+
+
+def test_request_counts_that_would_overflow_refuse_only_the_batch_that_causes_it(store: Store) -> None:
+    """Each count is at most MAX_COUNT, and so is any sum of them: the store's BIGINT never overflows."""
+    device(store, "dev-1")
+    device(store, "dev-2")
+    big = _minute([1.0])
+    big.requests = MAX_COUNT
+    outcomes = store.ingest_batches(
+        [("dev-1", _batch(1, big)), ("dev-2", _batch(1, _minute([2.0]))), ("dev-1", _batch(2, big))], T0
+    )
+    assert outcomes[:2] == [False, False]
+    assert isinstance(outcomes[2], ValueError) and "more than" in str(outcomes[2])
+    assert isinstance(store.ingest_batches([("dev-1", _batch(3, big))], T0)[0], ValueError)  # against the stored row
+    by_device = {r.key["device"]: r.requests for r in store.latency(since=SINCE, by="device")}
+    assert by_device == {"dev-1": MAX_COUNT, "dev-2": 1}
+
+
+def test_a_value_the_database_refuses_fails_only_its_own_batch(store: Store, monkeypatch) -> None:
+    """The safety net behind parse_batch: whatever a database refuses is pinned on the one batch that carries it."""
+    import controlplane.store.telemetry as telemetry
+
+    monkeypatch.setattr(telemetry, "_count", lambda what, value: value)  # let an out-of-range count through
+    device(store, "dev-1")
+    device(store, "dev-2")
+    poison = _minute([1.0])
+    poison.requests = 2**63
+    outcomes = store.ingest_batches(
+        [("dev-1", _batch(1, _minute([1.0]))), ("dev-2", _batch(1, poison)), ("dev-1", _batch(2, _minute([3.0])))],
+        T0,
+    )
+    assert outcomes[0] is False and outcomes[2] is False
+    assert isinstance(outcomes[1], ValueError) and "the database refused this batch" in str(outcomes[1])
+    by_device = {r.key["device"]: r.requests for r in store.latency(since=SINCE, by="device")}
+    assert by_device == {"dev-1": 2}
+    assert store.ingest_batch("dev-2", _batch(1, _minute([1.0])), T0) is False  # the refused batch took no key
