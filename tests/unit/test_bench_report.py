@@ -76,6 +76,8 @@ ARTIFACT = {
     "ratio": 526.0 / 1743.0,
     "fetch_runs_seconds": [0.2, 0.19, 0.21, 0.2, 0.2],
     "stream_only_mib_per_s": 1680.0,
+    "grpc_mib_per_s": 420.0,
+    "grpc_ratio": 420.0 / 1743.0,
     "cut_at_bytes": 52428800,
     "resume_transferred_bytes": 52428800,
     "cores": 2,
@@ -131,6 +133,7 @@ MQTT_INGEST = {
     "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "python": "3.11.7"},
     "params": {"devices": 100, "workers": 2, "points_per_batch": 20, "window": 4, "points_per_phase": 40000},
     "raw": {"points_per_second": 100000.0},
+    "floor": {"points_per_second": 30000.0},
     "mqtt": {
         "points_per_second": 1500.0,
         "server_cpu_seconds_per_1000_points": 0.45,
@@ -146,6 +149,21 @@ MQTT_INGEST = {
         "stored_once": False,
     },
 }
+TELEMETRY_STORE = {
+    "shape": {"group": 64},
+    "sqlite": {
+        "ingest_us_per_point": 22.7,
+        "parse_us_per_point": 7.4,
+        "points_per_second": 40000.0,
+        "stored_once": True,
+    },
+    "postgresql": {
+        "ingest_us_per_point": 24.3,
+        "parse_us_per_point": 7.1,
+        "points_per_second": 24000.0,
+        "stored_once": False,
+    },
+}
 RESULTS = {
     "session": SESSION,
     "serving": SERVING,
@@ -154,6 +172,7 @@ RESULTS = {
     "selection": SELECTION,
     "rollout": ROLLOUT,
     "mqtt_ingest": MQTT_INGEST,
+    "telemetry_store": TELEMETRY_STORE,
 }
 
 DOC = """# Performance
@@ -215,8 +234,13 @@ def test_block_has_one_table_with_the_headline_numbers(tmp_path: Path) -> None:
     assert hb[1] == "200.0" and "ideal 200 → 100%" in hb[2]
     assert hb[3] == "2 cores, AMD EPYC 7B13" and hb[4] == "2026-11-30"
     assert hb[5].startswith("`.venv/bin/python scripts/bench/session.py")
-    fetch = by_metric["artifact: `fetch_blob` of 100 MiB (median of 5)"]
+    fetch = by_metric["artifact: HTTPS `fetch_blob_https` of 100 MiB (median of 5)"]
     assert fetch[1] == "526 MiB/s" and "raw loopback copy 1,743 MiB/s → 30%" in fetch[2] and "not met" in fetch[2]
+    grpc = by_metric["artifact: gRPC `fetch_blob` (the fallback), same rounds"]
+    assert grpc[1] == "420 MiB/s" and "→ 24%" in grpc[2]
+    store = by_metric["telemetry store: `ingest_batches` CPU per point, sqlite"]
+    assert store[1] == "22.7 µs" and "40,000 points/s in groups of 64 batches; stored once" in store[2]
+    assert "stored: **FAIL**" in by_metric["telemetry store: `ingest_batches` CPU per point, postgresql"][2]
     rss = by_metric["serving: serving process RSS"]
     assert rss[1] == "84.7 MiB" and "1.29× (goal ≤ 1.3×): met" in rss[2]
     whole = by_metric["agent memory: the whole `edgefleet agent` serving snips-nlu-student:1:fp32 (200 requests)"]
@@ -376,6 +400,8 @@ def test_mqtt_ingest_rows_compare_with_raw_and_grpc(tmp_path: Path) -> None:
     grpc = by_metric["mqtt: the same points over the gRPC session stream (100 devices)"]
     assert grpc[1] == "2,000" and "MQTT is 75% of gRPC" in grpc[2] and "39,980 / 40,000 stored: **FAIL**" in grpc[2]
     assert by_metric["mqtt: control-plane CPU per 1,000 points, MQTT / gRPC"][1] == "0.45 s / 0.40 s"
+    floor = by_metric["mqtt: ack floor, a bare paho client acking each batch (no event loop, no store)"]
+    assert floor[1] == "30,000" and "30.0% of raw" in floor[2] and "MQTT ingest is 5% of it" in floor[2]
     (tmp_path / "mqtt_ingest.json").write_text(json.dumps({**MQTT_INGEST, "raw": {"points_per_second": 2000.0}}))
     mqtt = [r for r in table_rows(build_block(tmp_path)) if r[0].startswith("mqtt: telemetry")][0]
     assert "→ 75.0% (goal ≥ 50%): met" in mqtt[2]
