@@ -397,7 +397,7 @@ def main() -> int:
         f"fsync {local_ms['fsync']:.0f} ms for the whole blob, each alone, in 1 MiB pieces (median of 3)"
     )
     verdict = "met" if mib_s / raw_mib_s >= 0.5 else "NOT met"
-    print(f"ratio                 HTTPS {mib_s / raw_mib_s:.0%} of raw; goal >= 50%: {verdict}")
+    print(f"ratio                 HTTPS {mib_s / raw_mib_s:.1%} of raw; goal >= 50%: {verdict}")
     print(
         f"resume (HTTPS)        cancelled at {partial / size:.0%} ({partial} B); the resumed attempt transferred "
         f"{resumed.bytes_transferred} B = {resumed.bytes_transferred / size:.0%} of the blob "
