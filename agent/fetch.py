@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +132,47 @@ def finish_part(partial: PartialBlob, sha256: str, size: int, directory: Path) -
     return final
 
 
+SYNC_EVERY_BYTES = 8 << 20  # a download asks BackgroundSync for a sync after this many bytes written
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+class BackgroundSync:
+    """``fdatasync`` of a part file in a thread of its own, started whenever ``request`` is called: the disk
+    writes what arrived while more arrives, and the final ``fsync`` has little left to wait for; the writer
+    never waits for it. ``stop`` must be called before the file is closed: it waits for a sync in progress
+    and returns the first sync error (Linux reports a writeback error to one sync call only, so it must not
+    be lost here)."""
+
+    def __init__(self, fd: int, sha256: str) -> None:
+        self._fd = fd
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name=f"fetch-{sha256[:12]}-sync", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> OSError | None:
+        """End the thread once a sync in progress is done; returns the first sync error, if any."""
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+        return self._error
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            try:
+                _fdatasync(self._fd)
+            except OSError as exc:
+                self._error = self._error or exc
+
+
 def _flush_and_sync(out) -> None:
     out.flush()
     os.fsync(out.fileno())
@@ -184,6 +226,8 @@ async def fetch_blob(
         writing: asyncio.Future | None = None
         try:
             with part.open("ab", buffering=0) as out:
+                syncer = BackgroundSync(out.fileno(), sha256)
+                unsynced = 0
                 try:
                     while True:
                         try:
@@ -204,6 +248,10 @@ async def fetch_blob(
                         writing = loop.run_in_executor(None, _write_and_hash, out, digest, data)
                         offset += len(data)
                         received += len(data)
+                        unsynced += len(data)
+                        if unsynced >= SYNC_EVERY_BYTES:  # what is written by now reaches the disk meanwhile
+                            syncer.request()
+                            unsynced = 0
                         del data
                         if progress is not None:
                             progress(offset)
@@ -211,10 +259,16 @@ async def fetch_blob(
                     if writing is not None:
                         await asyncio.shield(writing)
                         writing = None
-                finally:  # never close the file under a write still running
+                finally:  # never close the file under a write or a sync still running
                     if writing is not None:
                         with contextlib.suppress(Exception):
                             await asyncio.shield(writing)
+                    stopping = asyncio.ensure_future(asyncio.to_thread(syncer.stop))
+                    while not stopping.done():
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait({stopping})
+                if (error := stopping.result()) is not None:
+                    raise error
                 await asyncio.to_thread(_flush_and_sync, out)
         except grpc.aio.AioRpcError as exc:
             retryable = exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED)

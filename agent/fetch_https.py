@@ -13,9 +13,9 @@ sha256 over the whole file, fsync, atomic rename):
   the bytes asked for (status, ``Content-Length``, ``Content-Range``) is refused before a byte is written;
   bytes after the announced body are "endless data", refused (not retryable).
 - The transfer runs on two threads: one receives (a blocking TLS socket, ``recv_into`` 1 MiB buffers),
-  one writes and hashes and, every 8 MiB, asks a third to start an ``fdatasync`` (``_Syncer``): the disk
-  writes while bytes arrive, so the final ``fsync`` is short. A few buffers
-  cycle between them, so memory stays bounded. ``progress`` runs on the event loop
+  one writes and hashes and, every 8 MiB, asks a third to start an ``fdatasync``
+  (``agent.fetch.BackgroundSync``): the disk writes while bytes arrive, so the final ``fsync`` is short.
+  A few buffers cycle between the first two, so memory stays bounded. ``progress`` runs on the event loop
   (``call_soon_threadsafe``), after each buffer is written.
 - When the awaiting task is cancelled, the threads are told to stop (an event checked per chunk, and
   the socket shut down) and awaited: no thread touches the part file after ``fetch_blob_https`` has
@@ -42,6 +42,8 @@ from pathlib import Path
 
 from agent.errors import IdentityError
 from agent.fetch import (
+    SYNC_EVERY_BYTES,
+    BackgroundSync,
     FetchError,
     FetchPolicy,
     FetchResult,
@@ -68,7 +70,6 @@ MAX_HEAD_BYTES = 16 * 1024  # status line and headers
 MAX_ERROR_BODY_BYTES = 1024
 BUFFER_BYTES = 1 << 20
 BUFFERS = 8  # cycling between the receiving and the writing thread: at most 4 MiB in flight
-SYNC_EVERY_BYTES = 8 << 20
 CHECK_SECONDS = 0.05  # how often the receiving loop looks at the stop flag and the throughput rule
 HANDOFF_SECONDS = 0.25  # a buffer not yet full goes to the writer after this, so progress moves on slow links
 CLOSE_WAIT_SECONDS = 1.0  # after the body, how long to wait for the server's close (bytes instead: endless data)
@@ -78,7 +79,6 @@ DEFAULT_POLICY = FetchPolicy()
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)", re.IGNORECASE)
-_fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
 class ArtifactPortUnavailable(FetchError):
@@ -529,7 +529,7 @@ class _Transfer:
     def _write_thread(self, out) -> None:
         """Write and hash the filled buffers in order; start a sync every ``SYNC_EVERY_BYTES``, fsync at the end."""
         written = unsynced = 0
-        syncer = _Syncer(out.fileno(), self.sha256)
+        syncer = BackgroundSync(out.fileno(), self.sha256)
         while (item := self._filled.get()) is not None:
             buffer, length = item
             if self._write_error is None and not self.stop.is_set():
@@ -550,49 +550,13 @@ class _Transfer:
                     self.stop.set()
             self._free.put(buffer)
         try:
-            syncer.finish()
+            if (error := syncer.stop()) is not None:
+                raise error
             if self._complete and self._write_error is None and not self.stop.is_set():
                 os.fsync(out.fileno())
         except OSError as exc:
             if self._write_error is None:
                 self._write_error = exc
-
-
-class _Syncer:
-    """``fdatasync`` of the part file in a thread of its own, started whenever ``request`` is called: the disk
-    writes what arrived while more arrives, and the final ``fsync`` has little left to wait for. The writer
-    never waits for it. A failed sync is kept and raised by ``finish`` (Linux reports a writeback error to
-    one sync call only, so it must not be lost here)."""
-
-    def __init__(self, fd: int, sha256: str) -> None:
-        self._fd = fd
-        self._wanted = threading.Event()
-        self._finished = False
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name=f"fetch-{sha256[:12]}-sync", daemon=True)
-        self._thread.start()
-
-    def request(self) -> None:
-        self._wanted.set()
-
-    def finish(self) -> None:
-        """Stop the thread once its sync in progress is done; raises the first sync error, if any."""
-        self._finished = True
-        self._wanted.set()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._finished:
-                return
-            try:
-                _fdatasync(self._fd)
-            except OSError as exc:
-                self._error = self._error or exc
 
 
 def _settle(done: asyncio.Future[int], result: int, error: BaseException | None) -> None:

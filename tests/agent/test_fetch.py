@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 import pytest
 
@@ -119,3 +120,38 @@ def test_progress_counts_the_bytes_on_disk_a_resumed_part_included(tmp_path):
     again: list[int] = []
     asyncio.run(fetch_blob(FakeStub(FakeCall([])), SHA, SIZE, tmp_path, progress=again.append))
     assert again == [SIZE]  # already whole: 100% at once
+
+
+def test_background_sync_keeps_its_first_error_for_stop(tmp_path, monkeypatch):
+    """Linux reports a writeback error to one sync call only: the background sync must hand it on."""
+    import agent.fetch as fetch
+
+    calls = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(5, "Input/output error")
+
+    with (tmp_path / "f").open("wb") as out:
+        quiet = fetch.BackgroundSync(out.fileno(), SHA)
+        quiet.request()
+        assert quiet.stop() is None
+        monkeypatch.setattr(fetch, "_fdatasync", failing)
+        syncer = fetch.BackgroundSync(out.fileno(), SHA)
+        syncer.request()
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        syncer.request()
+        error = syncer.stop()
+    assert isinstance(error, OSError) and error.errno == 5 and calls
+
+
+def test_a_failed_background_sync_fails_the_download(tmp_path, monkeypatch):
+    import agent.fetch as fetch
+
+    monkeypatch.setattr(fetch, "SYNC_EVERY_BYTES", 4096)
+    monkeypatch.setattr(fetch, "_fdatasync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match="No space left"):
+        _fetch(FakeCall(_chunks(DATA), delay=0.05), tmp_path)  # time for the sync thread between chunks
+    assert not (tmp_path / SHA).exists()  # never renamed into place
