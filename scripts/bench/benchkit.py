@@ -169,6 +169,41 @@ def split(items: list[str], parts: int) -> list[tuple[int, tuple[str, ...]]]:
     return out
 
 
+# --- telemetry batches shared by mqtt_ingest.py and telemetry_store.py -------------------------------------
+
+BENCH_REQUESTS_PER_POINT = 10
+BENCH_SAMPLES_MS = (0.8, 1.1, 1.3, 1.6, 1.9, 2.2, 2.6, 3.1, 4.0, 7.5)  # one point's 10 latencies
+
+
+def bench_model_names(models: int) -> list[str]:
+    return [f"bench-model-{i}" for i in range(models)]
+
+
+def telemetry_batch(device_id: str, boot_id: str, sequence: int, minutes: list, models: int):
+    """A ``TelemetryBatch`` with a point for each of ``minutes`` (aware datetimes, starts of minutes) x
+    ``models`` bench models: ``BENCH_REQUESTS_PER_POINT`` requests each, whose latencies are
+    ``BENCH_SAMPLES_MS``."""
+    from protos.edgefleet.v1 import common_pb2, telemetry_pb2
+    from protos.histogram import Histogram
+
+    histogram = Histogram()
+    for ms in BENCH_SAMPLES_MS:
+        histogram.observe(ms)
+    latency = histogram.to_proto()
+    batch = telemetry_pb2.TelemetryBatch(device_id=device_id, boot_id=boot_id, sequence=sequence)
+    for minute in minutes:
+        for name in bench_model_names(models):
+            point = batch.minutes.add(
+                model=common_pb2.ModelRef(name=name, version=1, variant="fp32"),
+                task="bench",
+                requests=BENCH_REQUESTS_PER_POINT,
+                confidence_sum=0.9 * BENCH_REQUESTS_PER_POINT,
+            )
+            point.latency.CopyFrom(latency)
+            point.minute.FromDatetime(minute)
+    return batch
+
+
 class WarningCounter(logging.Handler):
     """Counts log records at WARNING and above; keeps the first few messages (cut to ``max_chars``)."""
 

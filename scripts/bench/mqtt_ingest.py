@@ -92,11 +92,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchkit import (
+    BENCH_REQUESTS_PER_POINT,
     STOP_TIMEOUT_SECONDS,
     BenchError,
     ServerProcess,
     WarningCounter,
     WorkerPool,
+    bench_model_names,
     cpu_model,
     cpu_seconds,
     interrupt_on_sigterm,
@@ -111,6 +113,7 @@ from benchkit import (
     start_server,
     stop_process,
     tail,
+    telemetry_batch,
     wait_or_cancel,
 )
 
@@ -120,8 +123,7 @@ FLOOR_PREFIX = "bench-floor"
 BENCH_PREFIXES = {"raw": RAW_PREFIX, "floor": FLOOR_PREFIX}  # the MQTT phases outside the bridge's layout
 BOOT_IDS = {"mqtt": "boot-mqtt", "grpc": "boot-grpc"}  # same length: same payload sizes
 PHASE_OFFSET = {"raw": 0, "mqtt": 0, "grpc": 1}  # raw publishes (b)'s bytes
-REQUESTS_PER_POINT = 10
-SAMPLES_MS = [0.8, 1.1, 1.3, 1.6, 1.9, 2.2, 2.6, 3.1, 4.0, 7.5]  # one point's 10 latencies
+REQUESTS_PER_POINT = BENCH_REQUESTS_PER_POINT
 BROKER_READY_TIMEOUT_SECONDS = 15.0
 WORKER_READY_TIMEOUT_SECONDS = 60.0
 RPC_TIMEOUT_SECONDS = 30.0
@@ -153,35 +155,11 @@ class Shape:
         return (max(PHASE_OFFSET.values()) + 1) * self.batches * self.minutes + 1
 
 
-def model_names(models: int) -> list[str]:
-    return [f"bench-model-{i}" for i in range(models)]
-
-
 def make_batch(shape: Shape, device_id: str, phase: str, sequence: int):
     """Batch ``sequence`` (1-based) of ``device_id`` for ``phase``: each point in its own (minute, model) row."""
-    from protos.edgefleet.v1 import common_pb2, telemetry_pb2
-    from protos.histogram import Histogram
-
-    histogram = Histogram()
-    for ms in SAMPLES_MS:
-        histogram.observe(ms)
-    latency = histogram.to_proto()
-    batch = telemetry_pb2.TelemetryBatch(
-        device_id=device_id, boot_id=BOOT_IDS["mqtt" if phase == "raw" else phase], sequence=sequence
-    )
     first = PHASE_OFFSET[phase] * shape.batches * shape.minutes + (sequence - 1) * shape.minutes
-    for j in range(shape.minutes):
-        minute = dt.datetime.fromtimestamp(shape.base_epoch - 60 * (first + j + 1), dt.UTC)
-        for name in model_names(shape.models):
-            point = batch.minutes.add(
-                model=common_pb2.ModelRef(name=name, version=1, variant="fp32"),
-                task="bench",
-                requests=REQUESTS_PER_POINT,
-                confidence_sum=0.9 * REQUESTS_PER_POINT,
-            )
-            point.latency.CopyFrom(latency)
-            point.minute.FromDatetime(minute)
-    return batch
+    minutes = [dt.datetime.fromtimestamp(shape.base_epoch - 60 * (first + j + 1), dt.UTC) for j in range(shape.minutes)]
+    return telemetry_batch(device_id, BOOT_IDS["mqtt" if phase == "raw" else phase], sequence, minutes, shape.models)
 
 
 def make_messages(shape: Shape, device_id: str, phase: str) -> list:
@@ -774,7 +752,7 @@ def stored_requests(server: ServerProcess, shape: Shape) -> int:
     from protos.edgefleet.v1 import admin_pb2
 
     since = int(time.time()) - shape.base_epoch + 60 * (shape.minutes_back + 2)
-    names = set(model_names(shape.models))
+    names = set(bench_model_names(shape.models))
     response = admin_call(server, "QueryLatency", admin_pb2.QueryLatencyRequest(since_seconds=since))
     return sum(row.requests for row in response.rows if row.key.get("model") in names)
 

@@ -47,19 +47,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchkit import BenchError, cpu_model, print_result_line, print_rows, say  # noqa: E402
+from benchkit import (  # noqa: E402
+    BENCH_REQUESTS_PER_POINT,
+    BenchError,
+    cpu_model,
+    print_result_line,
+    print_rows,
+    say,
+    telemetry_batch,
+)
 
 from controlplane.services.context import TELEMETRY_GROUP_MAX_BATCHES  # noqa: E402
 from controlplane.store import Store  # noqa: E402
 from controlplane.store.telemetry import parse_batch  # noqa: E402
-from protos.edgefleet.v1 import common_pb2, telemetry_pb2  # noqa: E402
-from protos.histogram import Histogram  # noqa: E402
+from protos.edgefleet.v1 import telemetry_pb2  # noqa: E402
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 FLEET = "bench"
 BOOT_ID = "boot-mqtt"
-REQUESTS_PER_POINT = 10
-SAMPLES_MS = [0.8, 1.1, 1.3, 1.6, 1.9, 2.2, 2.6, 3.1, 4.0, 7.5]  # one point's 10 latencies, as mqtt_ingest.py's
+REQUESTS_PER_POINT = BENCH_REQUESTS_PER_POINT
 Groups = list[list[tuple[str, telemetry_pb2.TelemetryBatch]]]
 NOW = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.UTC)  # the start of a minute: make_batch counts back from it
 
@@ -67,24 +73,9 @@ NOW = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.UTC)  # the start of a minute: mak
 def make_batch(args: argparse.Namespace, device_id: str, sequence: int) -> telemetry_pb2.TelemetryBatch:
     """Batch ``sequence`` (1-based) of ``device_id``, as ``mqtt_ingest.make_batch`` builds it: ``args.minutes``
     minutes (counting back from ``NOW``, each batch its own) x ``args.models`` models, one new row each."""
-    histogram = Histogram()
-    for ms in SAMPLES_MS:
-        histogram.observe(ms)
-    latency = histogram.to_proto()
-    batch = telemetry_pb2.TelemetryBatch(device_id=device_id, boot_id=BOOT_ID, sequence=sequence)
     first = (sequence - 1) * args.minutes
-    for j in range(args.minutes):
-        minute = NOW - dt.timedelta(minutes=first + j + 1)
-        for i in range(args.models):
-            point = batch.minutes.add(
-                model=common_pb2.ModelRef(name=f"bench-model-{i}", version=1, variant="fp32"),
-                task="bench",
-                requests=REQUESTS_PER_POINT,
-                confidence_sum=0.9 * REQUESTS_PER_POINT,
-            )
-            point.latency.CopyFrom(latency)
-            point.minute.FromDatetime(minute)
-    return batch
+    minutes = [NOW - dt.timedelta(minutes=first + j + 1) for j in range(args.minutes)]
+    return telemetry_batch(device_id, BOOT_ID, sequence, minutes, args.models)
 
 
 def make_groups(args: argparse.Namespace) -> tuple[list[str], Groups]:
