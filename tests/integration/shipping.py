@@ -48,6 +48,27 @@ def deploy(cp, device_id: str, *, name="tiny", version=1, variant="fp32") -> adm
         )
 
 
+def device_with_a_blob(cp, tmp_path: Path, size: int, device_id: str = "dev-1"):
+    """A device enrolled in ``tmp_path / "dev"`` and told to install a build with a file of ``size`` random
+    bytes; returns (its Identity, the file's sha256, the bytes)."""
+    import asyncio
+    import hashlib
+    import os
+
+    from agent.enroll import enroll
+    from agent.facts import collect_facts
+    from protos.join import parse_join_string
+
+    key = register_key(cp, tmp_path)
+    payload = os.urandom(size)
+    publish(cp, key, tmp_path, extra_files={"weights.bin": payload})
+    facts = collect_facts(data_dir=tmp_path, labels={})
+    join = parse_join_string(cp.join_string())
+    identity = asyncio.run(enroll(join, data_dir=tmp_path / "dev", device_id=device_id, facts=facts))
+    deploy(cp, device_id)
+    return identity, hashlib.sha256(payload).hexdigest(), payload
+
+
 def manifest_of(build: admin_pb2.ModelBuild) -> bundle_pb2.BundleManifest:
     return bundle_pb2.BundleManifest.FromString(build.manifest)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -14,17 +12,14 @@ from pathlib import Path
 import pytest
 
 from agent.channel import device_channel
-from agent.enroll import enroll
-from agent.facts import collect_facts
 from agent.identity import identity_dir
 from controlplane.artifact_https import HttpError, parse_request
 from controlplane.pki import load_or_create_ca
 from protos.edgefleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
-from protos.join import parse_join_string
 from protos.limits import TLS_SERVER_NAME
 from tests.integration.conftest import server_config
 from tests.integration.harness import ServerThread, wait_for
-from tests.integration.shipping import LocalClient, deploy, publish, register_key
+from tests.integration.shipping import LocalClient, deploy, device_with_a_blob, publish, register_key
 
 SIZE = 3 * 2**20 + 17  # more than one 1 MiB chunk, not a multiple of it
 
@@ -32,14 +27,8 @@ SIZE = 3 * 2**20 + 17  # more than one 1 MiB chunk, not a multiple of it
 @pytest.fixture
 def device(cp_sqlite, tmp_path):
     """An enrolled device told to install a build with a 3 MiB file: (identity dir, sha256, payload)."""
-    key = register_key(cp_sqlite, tmp_path)
-    payload = os.urandom(SIZE)
-    publish(cp_sqlite, key, tmp_path, extra_files={"weights.bin": payload})
-    facts = collect_facts(data_dir=tmp_path, labels={})
-    join = parse_join_string(cp_sqlite.join_string())
-    asyncio.run(enroll(join, data_dir=tmp_path / "dev", device_id="dev-1", facts=facts))
-    deploy(cp_sqlite, "dev-1")
-    return identity_dir(tmp_path / "dev"), hashlib.sha256(payload).hexdigest(), payload
+    _, sha, payload = device_with_a_blob(cp_sqlite, tmp_path, SIZE)
+    return identity_dir(tmp_path / "dev"), sha, payload
 
 
 def _context(folder: Path | None, ca_pem: bytes) -> ssl.SSLContext:

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 
 import pytest
 
 from agent.channel import device_channel
-from agent.enroll import enroll
-from agent.facts import collect_facts
 from agent.fetch import FetchError, FetchPolicy, fetch_blob
 from protos.edgefleet.v1 import agent_pb2_grpc
-from protos.join import parse_join_string
-from tests.integration.shipping import deploy, publish, register_key
+from tests.integration.shipping import device_with_a_blob
 
 SIZE = 8 * 2**20
 POLICY = FetchPolicy(chunk_bytes=32 * 1024)
@@ -24,17 +20,11 @@ POLICY = FetchPolicy(chunk_bytes=32 * 1024)
 @pytest.fixture
 def device(cp_sqlite, tmp_path):
     """An enrolled device told to install a build with an 8 MiB file; returns (identity, sha256, bytes)."""
-    key = register_key(cp_sqlite, tmp_path)
-    payload = os.urandom(SIZE)
-    publish(cp_sqlite, key, tmp_path, extra_files={"weights.bin": payload})
-    facts = collect_facts(data_dir=tmp_path, labels={})
-    join = parse_join_string(cp_sqlite.join_string())
-    ident = asyncio.run(enroll(join, data_dir=tmp_path / "dev", device_id="dev-1", facts=facts))
-    deploy(cp_sqlite, "dev-1")
+    found = device_with_a_blob(cp_sqlite, tmp_path, SIZE)
     # 16 MiB/s per stream: the 8 MiB download takes about half a second, so it can be cut half-way.
     services = cp_sqlite.running.services
     services.config = services.config.model_copy(update={"artifact_bytes_per_second": 16 * 2**20})
-    return ident, hashlib.sha256(payload).hexdigest(), payload
+    return found
 
 
 class CutAtHalf:
