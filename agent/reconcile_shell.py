@@ -81,6 +81,7 @@ log = logging.getLogger("edgefleet.agent.reconcile")
 
 STATE_FILE = "reconcile.json"
 MANIFEST_TIMEOUT_SECONDS = 30.0
+HTTPS_RETRY_SECONDS = 300.0  # after the HTTPS artifact port gave no response, downloads use gRPC this long
 PROGRESS_INTERVAL_SECONDS = 1.0
 
 
@@ -102,7 +103,9 @@ class GatewaySource:
     Blobs come over the HTTPS artifact port once the control plane announces one (``use_https``, from the
     Welcome), else over gRPC ``FetchArtifact``. When the HTTPS attempt gets no response at all (refused,
     unreachable, TLS handshake failed, timeout), that call fetches over gRPC instead, resuming from
-    whatever is in the part file (logged once per endpoint); an HTTP error status is the answer, no fallback.
+    whatever is in the part file, and so do the calls of the next ``HTTPS_RETRY_SECONDS`` (a port a
+    firewall drops costs one connect timeout, not one per file; logged each time it is found
+    unreachable); an HTTP error status is the answer, no fallback. A newly announced port is tried at once.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class GatewaySource:
         *,
         timeout_seconds: float = MANIFEST_TIMEOUT_SECONDS,
         https: HttpsEndpoint | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         """``https``: the artifact listener's host, TLS name and client context (``device_https_endpoint``); its
         port comes from ``use_https``. Without it, blobs always come over gRPC."""
@@ -118,7 +122,8 @@ class GatewaySource:
         self.timeout_seconds = timeout_seconds
         self._https_base = https
         self.https: HttpsEndpoint | None = None  # where blobs come from now; None: gRPC
-        self._warned: set[str] = set()  # endpoints found unreachable, logged once each
+        self._clock = clock
+        self._https_retry_at = 0.0  # clock time before which an unreachable HTTPS port is not tried again
         self._warned_no_tls = False
 
     def use_https(self, port: int) -> None:
@@ -135,6 +140,7 @@ class GatewaySource:
                 )
         elif self.https is None or self.https.port != port:
             self.https = dataclasses.replace(self._https_base, port=port)
+            self._https_retry_at = 0.0
             log.info("fetching artifacts over HTTPS from %s", self.https)
 
     async def fetch_manifest(self, ref: common_pb2.ModelRef) -> bytes:
@@ -151,13 +157,17 @@ class GatewaySource:
         self, sha256: str, size: int, directory: Path, *, progress: Callable[[int], None] | None = None
     ) -> FetchResult:
         endpoint = self.https
-        if endpoint is not None:
+        if endpoint is not None and self._clock() >= self._https_retry_at:
             try:
                 return await fetch_blob_https(endpoint, sha256, size, directory, progress=progress)
             except ArtifactPortUnavailable as exc:
-                if str(endpoint) not in self._warned:
-                    self._warned.add(str(endpoint))
-                    log.warning("HTTPS artifact port %s unreachable (%s); fetching over gRPC", endpoint, exc)
+                self._https_retry_at = self._clock() + HTTPS_RETRY_SECONDS
+                log.warning(
+                    "HTTPS artifact port %s unreachable (%s); fetching over gRPC for the next %.0f s",
+                    endpoint,
+                    exc,
+                    HTTPS_RETRY_SECONDS,
+                )
         return await fetch_blob(self.stub, sha256, size, directory, progress=progress)
 
 

@@ -32,7 +32,7 @@ from agent.fetch_https import (
     fetch_blob_https,
 )
 from agent.identity import CA_FILE, CERT_FILE, KEY_FILE, Identity, generate_key_and_csr
-from agent.reconcile_shell import GatewaySource
+from agent.reconcile_shell import HTTPS_RETRY_SECONDS, GatewaySource
 from controlplane.pki import create_ca
 from protos.edgefleet.v1 import agent_pb2
 from protos.limits import TLS_SERVER_NAME
@@ -415,9 +415,9 @@ class GrpcStub:
         return Call()
 
 
-def _source(endpoint: HttpsEndpoint | None, port: int) -> tuple[GatewaySource, GrpcStub]:
+def _source(endpoint: HttpsEndpoint | None, port: int, clock=time.monotonic) -> tuple[GatewaySource, GrpcStub]:
     stub = GrpcStub()
-    source = GatewaySource(stub, https=endpoint and replace(endpoint, port=0))
+    source = GatewaySource(stub, https=endpoint and replace(endpoint, port=0), clock=clock)
     source.use_https(port)
     return source, stub
 
@@ -435,17 +435,32 @@ def test_source_fetches_over_https_once_a_port_is_announced(start, tmp_path):
     assert result.path.read_bytes() == DATA and len(server.requests) == 1 and stub.offsets == []
 
 
-def test_source_falls_back_to_grpc_when_the_https_port_refuses_and_warns_once(pki, tmp_path, caplog):
+def test_source_falls_back_to_grpc_when_the_https_port_refuses_and_tries_it_again_later(
+    start, pki, tmp_path, caplog, monkeypatch
+):
     port = _free_port()
-    source, stub = _source(device_https_endpoint(pki.identity, pki.folder), port)
+    now = [1000.0]
+    source, stub = _source(device_https_endpoint(pki.identity, pki.folder), port, clock=lambda: now[0])
+    attempts = []
+    real = fetch_https._Transfer._connect
+    monkeypatch.setattr(fetch_https._Transfer, "_connect", lambda self: attempts.append(1) or real(self))
     _part(tmp_path).write_bytes(DATA[:HALF])
     with caplog.at_level(logging.WARNING, logger="edgefleet.agent.reconcile"):
         result = asyncio.run(source.fetch_blob(SHA, SIZE, tmp_path))
         result.path.unlink()
-        asyncio.run(source.fetch_blob(SHA, SIZE, tmp_path))
+        now[0] += HTTPS_RETRY_SECONDS - 1  # within the retry period: straight to gRPC, no connect
+        asyncio.run(source.fetch_blob(SHA, SIZE, tmp_path)).path.unlink()
     assert result.resumed_from == HALF and stub.offsets == [HALF, 0]  # gRPC resumed the part file
+    assert len(attempts) == 1
     warnings = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1 and f"HTTPS artifact port 127.0.0.1:{port} unreachable" in warnings[0]
+    now[0] += 2  # the period is over: HTTPS is tried again (still refused), then gRPC
+    asyncio.run(source.fetch_blob(SHA, SIZE, tmp_path)).path.unlink()
+    assert len(attempts) == 2 and stub.offsets == [HALF, 0, 0]
+    server, endpoint = start(serve())  # a newly announced port is tried at once
+    source.use_https(endpoint.port)
+    asyncio.run(source.fetch_blob(SHA, SIZE, tmp_path))
+    assert len(server.requests) == 1 and stub.offsets == [HALF, 0, 0]
 
 
 def test_source_falls_back_to_grpc_when_the_server_certificate_is_not_trusted(start, tmp_path):
