@@ -19,7 +19,6 @@ control plane's HTTPS artifact port. Both keep these invariants with the shared 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import threading
@@ -173,6 +172,20 @@ class BackgroundSync:
                 self._error = self._error or exc
 
 
+async def wait_out(future: asyncio.Future) -> None:
+    """Wait until ``future`` (work in a thread on an open file) is done, even when this task is cancelled
+    meanwhile: the file must not be closed under a write or a sync still running. A cancellation that came
+    is raised once it is done; the future's own outcome is left to the caller."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 def _flush_and_sync(out) -> None:
     out.flush()
     os.fsync(out.fileno())
@@ -261,12 +274,11 @@ async def fetch_blob(
                         writing = None
                 finally:  # never close the file under a write or a sync still running
                     if writing is not None:
-                        with contextlib.suppress(Exception):
-                            await asyncio.shield(writing)
+                        await wait_out(writing)
+                        if not writing.cancelled():
+                            writing.exception()  # retrieved: the exception on its way out is the one to see
                     stopping = asyncio.ensure_future(asyncio.to_thread(syncer.stop))
-                    while not stopping.done():
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await asyncio.wait({stopping})
+                    await wait_out(stopping)
                 if (error := stopping.result()) is not None:
                     raise error
                 await asyncio.to_thread(_flush_and_sync, out)

@@ -54,6 +54,7 @@ from agent.fetch import (
     resume_part,
     stall_error,
     stored_blob,
+    wait_out,
 )
 from agent.identity import CA_FILE, CERT_FILE, KEY_FILE, Identity
 
@@ -304,9 +305,8 @@ class _Transfer:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
             self.cancel()
-            while not done.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait({done})
+            with contextlib.suppress(asyncio.CancelledError):  # the cancellation below is raised anyway
+                await wait_out(done)
             if not done.cancelled():
                 done.exception()  # retrieved: the cancellation is what the caller sees
             raise

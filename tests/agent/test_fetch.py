@@ -155,3 +155,26 @@ def test_a_failed_background_sync_fails_the_download(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         _fetch(FakeCall(_chunks(DATA), delay=0.05), tmp_path)  # time for the sync thread between chunks
     assert not (tmp_path / SHA).exists()  # never renamed into place
+
+
+def test_wait_out_waits_for_the_work_through_a_cancel_and_then_raises_it():
+    """A cancelled download must neither close its file under work still running nor forget the cancel."""
+    import threading
+
+    import agent.fetch as fetch
+
+    release = threading.Event()
+
+    async def scenario() -> tuple[bool, bool]:
+        work = asyncio.ensure_future(asyncio.to_thread(release.wait, 5))
+        waiter = asyncio.ensure_future(fetch.wait_out(work))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        await asyncio.sleep(0.05)
+        still_waiting = not waiter.done()  # the cancel did not end it while the work runs
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return still_waiting, work.done()
+
+    assert asyncio.run(scenario()) == (True, True)
