@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING
 
 from controlplane.blobs import BlobNotFound
 from controlplane.errors import PermissionDenied, Unauthenticated
+from controlplane.pki import certificate_sha256
 from controlplane.services.desired import allowed_blob_size
 from controlplane.store import errors as store_errors
 
@@ -380,4 +380,4 @@ def _peer_identity(tls: ssl.SSLSocket) -> tuple[str, str]:
     names = [value for rdn in info.get("subject", ()) for key, value in rdn if key == "commonName"]
     if len(names) != 1:
         raise HttpError(403, "the client certificate has no single common name")
-    return names[0], hashlib.sha256(der).hexdigest()
+    return names[0], certificate_sha256(ssl.DER_cert_to_PEM_cert(der).encode("ascii"))
