@@ -335,7 +335,7 @@ class TelemetryStore:
             StoreError: the database refused or is unavailable (nothing is stored).
         """
         require_aware("now", now)
-        outcomes = self._ingest_each_on_overflow(items, now)
+        outcomes = self._ingest_or_split(items, now)
         counts = self._ingest_counts()
         for outcome in outcomes:
             counts.add("refused" if isinstance(outcome, Exception) else "duplicate" if outcome else "stored")
@@ -348,7 +348,7 @@ class TelemetryStore:
     def _ingest_counts(self) -> _Counts:
         return vars(self).setdefault("_telemetry_ingest_counts", _Counts())
 
-    def _ingest_each_on_overflow(
+    def _ingest_or_split(
         self, items: Sequence[tuple[str, telemetry_pb2.TelemetryBatch]], now: datetime
     ) -> list[bool | ValueError | NotFound]:
         """``_ingest_batches``; should a merge overflow (rolled back whole), or the database refuse a value that
@@ -360,7 +360,7 @@ class TelemetryStore:
                 if isinstance(exc, ValueError):
                     return [exc]
                 return [ValueError(f"the database refused this batch: {str(exc).splitlines()[0][:300]}")]
-            return [outcome for item in items for outcome in self._ingest_each_on_overflow([item], now)]
+            return [outcome for item in items for outcome in self._ingest_or_split([item], now)]
 
     def _ingest_batches(
         self, items: Sequence[tuple[str, telemetry_pb2.TelemetryBatch]], now: datetime
